@@ -1,0 +1,3 @@
+from meanloc.cli import main
+
+raise SystemExit(main())

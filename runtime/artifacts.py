@@ -1,0 +1,138 @@
+"""Writing artifacts safely and describing them with manifests.
+
+Every artifact meanloc writes (checkpoint, ONNX, calibration cache, engine, bank) is written
+to a temporary file in the destination folder, fsynced, then renamed over the target, so a
+crash or Ctrl-C never leaves a half-written file under the final name. Each artifact also
+carries a manifest: a JSON-able dict with at least `kind`, `format_version` and
+`meanloc_version`, which consumers check before use.
+
+Python 3.8 compatible (onboard code).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Union
+
+from meanloc import __version__
+from meanloc.errors import ArtifactMismatchError, MeanlocError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MANIFEST_FORMAT_VERSION = 1
+
+
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ensure_writable_dir(path: PathLike) -> Path:
+    """Create `path` (a folder) if needed and fail with one line if it cannot be written."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MeanlocError("cannot create output folder {}: {}".format(folder, exc.strerror or exc))
+    if not os.access(str(folder), os.W_OK):
+        raise MeanlocError("output folder {} is not writable".format(folder))
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success fsync it and rename it over `target`.
+
+    Use for writers that want a path (torch.save, onnx.save, np.save). On any exception the
+    temporary file is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    ensure_writable_dir(target.parent if str(target.parent) else Path("."))
+    fd, tmp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(str(tmp), "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(str(tmp), str(target))
+        _fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform lets you open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(str(folder), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(target: PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: PathLike, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: PathLike, payload: Any) -> None:
+    atomic_write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError("not JSON serialisable: {!r}".format(type(value)))
+
+
+def read_json(path: PathLike, what: str = "file") -> Dict[str, Any]:
+    """Read a JSON object, turning every way it can be wrong into a one-line error."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MeanlocError("{} not found: {}".format(what, path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MeanlocError("{} {} is not valid JSON ({})".format(what, path, exc))
+    if not isinstance(payload, dict):
+        raise MeanlocError("{} {} must hold a JSON object".format(what, path))
+    return payload
+
+
+def new_manifest(kind: str, **fields: Any) -> Dict[str, Any]:
+    manifest = {"kind": kind, "format_version": MANIFEST_FORMAT_VERSION, "meanloc_version": __version__}
+    manifest.update(fields)
+    return manifest
+
+
+def check_manifest_kind(manifest: Mapping[str, Any], kind: str, source: str) -> None:
+    if manifest.get("kind") != kind:
+        raise ArtifactMismatchError(
+            "{} is a '{}' artifact, expected '{}'".format(source, manifest.get("kind", "unknown"), kind)
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > MANIFEST_FORMAT_VERSION:
+        raise ArtifactMismatchError(
+            "{} has manifest format {} but this meanloc reads up to {}; upgrade meanloc".format(
+                source, version, MANIFEST_FORMAT_VERSION
+            )
+        )

@@ -1,0 +1,103 @@
+"""What makes two artifacts compatible: the model identity.
+
+Every embedding artifact (ONNX metadata props, engine sidecar, bank manifest) records which
+weights produced it (`checkpoint_sha256`), the preset, the embedding dimension and the
+preprocessing. A bank can only be searched with embeddings from the same weights and
+preprocessing; precision may differ (an FP32 bank queried by an INT8 engine is allowed, and
+reported). Python 3.8 compatible.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from meanloc import __version__
+from meanloc.errors import ArtifactMismatchError, MeanlocError
+
+from .preprocess import PreprocessSpec
+
+ONNX_METADATA_PREFIX = "meanloc."
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    checkpoint_sha256: str
+    preset: str
+    embed_dim: int
+    preprocess: PreprocessSpec
+    # Which artifact computes the embeddings, and at which precision (fp32, fp16, int8-...).
+    precision: str = "fp32"
+    artifact_sha256: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "preset": self.preset,
+            "embed_dim": self.embed_dim,
+            "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
+            "artifact_sha256": self.artifact_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> "ModelIdentity":
+        try:
+            return cls(
+                checkpoint_sha256=str(payload["checkpoint_sha256"]),
+                preset=str(payload["preset"]),
+                embed_dim=int(payload["embed_dim"]),
+                preprocess=PreprocessSpec.from_dict(payload["preprocess"]),
+                precision=str(payload.get("precision", "fp32")),
+                artifact_sha256=payload.get("artifact_sha256"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MeanlocError("invalid model identity in manifest: missing or bad field {}".format(exc))
+
+    def to_onnx_metadata(self) -> Dict[str, str]:
+        """String props for `onnx.ModelProto.metadata_props` (the checkpoint's side of the identity)."""
+        spec = self.preprocess
+        return {
+            ONNX_METADATA_PREFIX + "preset": self.preset,
+            ONNX_METADATA_PREFIX + "input_size": str(spec.size),
+            ONNX_METADATA_PREFIX + "color_order": spec.color_order,
+            ONNX_METADATA_PREFIX + "mean": json.dumps(list(spec.mean)),
+            ONNX_METADATA_PREFIX + "std": json.dumps(list(spec.std)),
+            ONNX_METADATA_PREFIX + "embed_dim": str(self.embed_dim),
+            ONNX_METADATA_PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
+            ONNX_METADATA_PREFIX + "preprocess": json.dumps(spec.to_dict(), sort_keys=True),
+            ONNX_METADATA_PREFIX + "version": __version__,
+            ONNX_METADATA_PREFIX + "precision": self.precision,
+        }
+
+    @classmethod
+    def from_onnx_metadata(cls, props: Mapping[str, str], source: str, artifact_sha256: Optional[str] = None) -> "ModelIdentity":
+        key = ONNX_METADATA_PREFIX
+        if key + "checkpoint_sha256" not in props:
+            raise ArtifactMismatchError(
+                "{} carries no meanloc metadata (not exported by `meanloc export onnx`?)".format(source)
+            )
+        try:
+            return cls(
+                checkpoint_sha256=props[key + "checkpoint_sha256"],
+                preset=props[key + "preset"],
+                embed_dim=int(props[key + "embed_dim"]),
+                preprocess=PreprocessSpec.from_dict(json.loads(props[key + "preprocess"])),
+                precision=props.get(key + "precision", "fp32"),
+                artifact_sha256=artifact_sha256,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ArtifactMismatchError("{} has incomplete meanloc metadata ({})".format(source, exc))
+
+    def check_compatible(self, other: "ModelIdentity", what: str) -> None:
+        """Refuse to mix embeddings of different weights, dimensions or preprocessing."""
+        if self.embed_dim != other.embed_dim:
+            raise ArtifactMismatchError(
+                "{}: embedding dimension {} vs {}".format(what, self.embed_dim, other.embed_dim)
+            )
+        if self.checkpoint_sha256 != other.checkpoint_sha256:
+            raise ArtifactMismatchError(
+                "{}: built from different model weights (checkpoint {}... vs {}...)".format(
+                    what, self.checkpoint_sha256[:12], other.checkpoint_sha256[:12]
+                )
+            )
+        self.preprocess.check_same(other.preprocess, what)

@@ -1,0 +1,167 @@
+"""MEAN's training losses (shared/docs/mean-model.md §5): InfoNCE + 3-head CE + CDA.
+
+All terms are written so a DDP run splits them exactly: InfoNCE takes the embeddings of the
+*whole* global batch (gathered with gradients) plus this rank's row offset, and returns this
+rank's share of the global mean; CE and CDA are per-sample means over the local batch. The
+trainer scales the per-rank total so that DDP's gradient average equals the single-process
+gradient (see `MeanLoss.forward`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meanloc.errors import MeanlocError
+
+from .model.mean import ViewOutputs
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """λ2 (InfoNCE), λ3 (CE), λ1 (CDA) of shared/docs/mean-model.md §5."""
+
+    infonce: float = 1.0
+    ce: float = 0.1
+    cda: float = 1.3
+
+
+# The reference's per-dataset weights. "synthetic" is ours: the demo trains a small network from
+# scratch for minutes, where the position-wise CDA term (which ignores the satellite's
+# RandomRotate90 and pulls towards a near-uniform FAT map) and the 3-head CE only compete with the
+# retrieval objective. Measured on the demo world, InfoNCE alone gives the best R@1 in the budget
+# (see bench/bench_train_throughput.py and the H-train report), so CE/CDA default to 0 there.
+DATASET_LOSS_WEIGHTS: dict[str, LossWeights] = {
+    "university": LossWeights(infonce=1.0, ce=0.1, cda=1.3),
+    "sues200": LossWeights(infonce=1.0, ce=0.1, cda=0.75),
+    "synthetic": LossWeights(infonce=1.0, ce=0.0, cda=0.0),
+}
+
+
+def default_loss_weights(dataset: str) -> LossWeights:
+    if dataset not in DATASET_LOSS_WEIGHTS:
+        raise MeanlocError(f"no default loss weights for dataset '{dataset}'; choose from {', '.join(DATASET_LOSS_WEIGHTS)}")
+    return DATASET_LOSS_WEIGHTS[dataset]
+
+
+def infonce_loss(
+    local_sat: torch.Tensor,
+    local_drone: torch.Tensor,
+    global_sat: torch.Tensor,
+    global_drone: torch.Tensor,
+    logit_scale: torch.Tensor,
+    row_offset: int = 0,
+    label_smoothing: float = 0.1,
+    max_logit_scale: float | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE, this process's rows of the global B_g x B_g problem.
+
+    Returns sum over local rows of the per-row CE divided by the global batch size, so the sum
+    over ranks is exactly ½[CE(S, diag) + CE(Sᵀ, diag)] of the full global batch. With one process
+    pass the same tensors as local and global. `max_logit_scale` (None = faithful, no clamp) caps
+    exp(logit_scale) like CLIP's clamp at 100.
+    """
+    scale = logit_scale.exp()
+    if max_logit_scale is not None:
+        scale = scale.clamp(max=max_logit_scale)
+    sat = F.normalize(local_sat, dim=1)
+    drone = F.normalize(local_drone, dim=1)
+    all_sat = F.normalize(global_sat, dim=1)
+    all_drone = F.normalize(global_drone, dim=1)
+    targets = torch.arange(row_offset, row_offset + sat.shape[0], device=sat.device)
+    # Row b of S = scale * sat_b · drone_allᵀ; row b of Sᵀ = scale * drone_b · sat_allᵀ.
+    sat_rows = F.cross_entropy(scale * sat @ all_drone.T, targets, label_smoothing=label_smoothing, reduction="sum")
+    drone_rows = F.cross_entropy(scale * drone @ all_sat.T, targets, label_smoothing=label_smoothing, reduction="sum")
+    return 0.5 * (sat_rows + drone_rows) / global_sat.shape[0]
+
+
+def classification_loss(sat_logits: tuple[torch.Tensor, ...], drone_logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+    """mean_k CE(z_k^sat, y) + mean_k CE(z_k^drone, y), no label smoothing (reference)."""
+    if not sat_logits:
+        return labels.new_zeros((), dtype=torch.float32)
+    sat = torch.stack([F.cross_entropy(logits, labels) for logits in sat_logits]).mean()
+    drone = torch.stack([F.cross_entropy(logits, labels) for logits in drone_logits]).mean()
+    return sat + drone
+
+
+def cda_loss(sat_aligned: torch.Tensor, drone_aligned: torch.Tensor, duplicate_mse_term: bool = True) -> torch.Tensor:
+    """Cross-domain alignment: 1 − mean_b cos(vec A_s,b, vec A_d,b), position-wise.
+
+    Reference quirk (§10): its "mse" term computes the same 1 − cos as its "cosine" term and both
+    are added, so faithful mode returns 2(1 − cos). `duplicate_mse_term=False` keeps one copy.
+    """
+    # (B, C, HW) -> (B, HW, C) -> (B, HW*C): the reference's transpose-then-flatten order.
+    sat = sat_aligned.transpose(1, 2).flatten(1)
+    drone = drone_aligned.transpose(1, 2).flatten(1)
+    one_minus_cos = 1.0 - F.cosine_similarity(sat, drone, dim=1).mean()
+    return 2.0 * one_minus_cos if duplicate_mse_term else one_minus_cos
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Switches for the reference quirks; the defaults are the faithful reproduction."""
+
+    label_smoothing: float = 0.1
+    max_logit_scale: float | None = None  # faithful: no clamp
+    cda_duplicate_mse: bool = True  # faithful: L_CDA = 2(1 − cos)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class MeanLoss(nn.Module):
+    """L = λ2·InfoNCE + λ3·CE + λ1·CDA for one (possibly distributed) step.
+
+    `gather` maps a local (B, C) tensor to the global (B_g, C) one with gradients (identity in a
+    single process). The returned `total` is the value this rank must backpropagate: the local
+    terms are weighted by world_size·B/B_g so that DDP's gradient *average* over ranks equals the
+    gradient of the global-batch loss. `parts` holds the global-batch values for logging (exact
+    after an all-reduce sum divided by world_size, or directly with one process).
+    """
+
+    def __init__(self, weights: LossWeights, options: LossOptions = LossOptions()) -> None:
+        super().__init__()
+        self.weights = weights
+        self.options = options
+
+    def forward(
+        self,
+        sat: ViewOutputs,
+        drone: ViewOutputs,
+        labels: torch.Tensor,
+        logit_scale: torch.Tensor,
+        gather=None,
+        row_offset: int = 0,
+        world_size: int = 1,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        local_batch = labels.shape[0]
+        if gather is None:
+            global_sat, global_drone = sat.global_feature, drone.global_feature
+        else:
+            global_sat, global_drone = gather(sat.global_feature), gather(drone.global_feature)
+        global_batch = global_sat.shape[0]
+        share = local_batch / global_batch  # this rank's fraction of the per-sample means
+        zero = logit_scale.new_zeros(())
+
+        # InfoNCE already returns this rank's share of the global mean.
+        infonce = infonce_loss(
+            sat.global_feature, drone.global_feature, global_sat, global_drone, logit_scale, row_offset,
+            self.options.label_smoothing, self.options.max_logit_scale,
+        )
+        ce = classification_loss(sat.logits, drone.logits, labels) if self.weights.ce else zero
+        cda = cda_loss(sat.aligned, drone.aligned, self.options.cda_duplicate_mse) if self.weights.cda else zero
+
+        # Sum over ranks of `shared` is the global loss; DDP divides the summed gradient by world_size.
+        shared = self.weights.infonce * infonce + share * (self.weights.ce * ce + self.weights.cda * cda)
+        parts = {
+            "infonce": infonce.detach() * world_size,  # this rank's rows, rescaled; exact after averaging
+            "ce": ce.detach(),
+            "cda": cda.detach(),
+            "loss": shared.detach() * world_size,
+            "logit_scale": logit_scale.detach().exp(),
+        }
+        return shared * world_size, parts
