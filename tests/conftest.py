@@ -1,13 +1,17 @@
-"""Shared pytest setup: the `gpu` marker skips unless CUDA and TensorRT are really usable."""
+"""Shared pytest setup: the `gpu` marker skips unless CUDA and TensorRT are really usable.
+
+Python 3.8 compatible: the onboard check runs part of the suite on JetPack 5's Python.
+"""
 
 import functools
 import importlib.util
+from typing import List, Optional
 
 import pytest
 
 
 @functools.lru_cache(maxsize=1)
-def _gpu_unavailable_reason() -> str | None:
+def _gpu_unavailable_reason() -> Optional[str]:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
     try:
@@ -15,18 +19,18 @@ def _gpu_unavailable_reason() -> str | None:
 
         env = describe_environment()
     except Exception as exc:  # any failure to probe means: no usable GPU here
-        return f"cannot probe CUDA ({exc})"
+        return "cannot probe CUDA ({})".format(exc)
     if not env.get("gpu"):
         return "no CUDA GPU found"
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
     reason = _gpu_unavailable_reason()
     if reason:
-        skip = pytest.mark.skip(reason=f"gpu test: {reason}")
+        skip = pytest.mark.skip(reason="gpu test: " + reason)
         for item in gpu_items:
             item.add_marker(skip)

@@ -35,6 +35,7 @@ class EmbeddingBackend:
                 "{} expects (N, 3, {s}, {s}) float32, got {}".format(self.name, batch.shape, s=self.input_size)
             )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self._timings = {}  # type: Dict[str, float]
         chunks = [self._embed_chunk(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         if not chunks:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
@@ -48,8 +49,14 @@ class EmbeddingBackend:
         raise NotImplementedError
 
     def stage_timings(self) -> Optional[Dict[str, float]]:
-        """Seconds spent in H2D/inference/D2H by the last call, where the backend can tell."""
-        return None
+        """Seconds spent in H2D/inference/D2H by the last `embed` call, where the backend can tell."""
+        timings = getattr(self, "_timings", None)
+        return dict(timings) if timings else None
+
+    def _record_timing(self, stage: str, seconds: float) -> None:
+        """Add to the current `embed` call's total for one stage (summed over its chunks)."""
+        timings = self.__dict__.setdefault("_timings", {})
+        timings[stage] = timings.get(stage, 0.0) + float(seconds)
 
     def describe(self) -> Dict[str, Any]:
         return {"backend": self.name, "max_batch": self.max_batch, "identity": self.identity.to_dict()}
@@ -69,6 +76,15 @@ def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float32)
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     return embeddings / np.maximum(norms, np.float32(1e-12))
+
+
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a batch along N up to `size` rows, for fixed-shape models (results for the padding are dropped)."""
+    if len(batch) >= size:
+        return batch
+    padded = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
+    padded[: len(batch)] = batch
+    return padded
 
 
 BACKEND_NAMES: List[str] = ["tensorrt", "onnxruntime", "torch"]

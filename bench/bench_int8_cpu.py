@@ -1,0 +1,231 @@
+"""INT8 on CPU: speed of the quantized models against FP32, and the accuracy gates (issue 4).
+
+`speed` (no data needed): a random-init embedder of the preset (default `mean-paper`, 384 px) is
+exported with the real exporter, calibrated with `meanloc.calibration.pipeline.calibrate` on
+aerial-looking synthetic images, then ORT FP32, ORT INT8 (CPU flavour), the TensorRT-flavour Q/DQ
+model on ORT and PyTorch eager run batch 1 with N threads, interleaved in one process (one
+inference of each per round, after warm-up), so machine load hits all alike. Prints a Markdown
+table of median / p90 latency as ratios to ORT FP32. Target: INT8 CPU median <= 0.6x FP32.
+`--candidates` adds the CPU recipes that were not chosen, so the choice can be re-measured.
+
+`accuracy` (needs a trained model and a dataset): FP32 ONNX (or a checkpoint, exported here),
+calibration on the train split (or an existing `meanloc calibrate` folder), then the precision
+report on the val split. Gates: INT8 CPU drone->satellite R@1 drop <= 1.0 point, TensorRT-flavour
+Q/DQ mean cosine >= 0.98. Exit code 1 if a gate fails.
+
+Usage:
+  python bench/bench_int8_cpu.py speed [--preset mean-paper] [--threads 2] [--rounds 20] [--candidates]
+  python bench/bench_int8_cpu.py accuracy (--onnx FP32.onnx | --checkpoint CKPT) --data ROOT [--calib-dir DIR]
+"""
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from meanloc.calibration.calibset import from_dataset, from_folder
+from meanloc.calibration.pipeline import CalibrationOutputs, calibrate, open_calibration_dir
+from meanloc.calibration.qdq import quantize_for_cpu
+from meanloc.calibration.ranges import collect_ranges
+from meanloc.export.parity import synthetic_aerial_image
+
+SPEED_TARGET = 0.6
+MAX_R1_DROP = 1.0
+MIN_QDQ_COSINE = 0.98
+
+
+def _cpu_description() -> str:
+    """Model name and the SIMD features that decide int8 speed (VNNI, AVX-512)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None
+    )
+    flags = [
+        flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {flag}" in text
+    ]
+    return f"{model or platform.processor() or 'unknown CPU'} ({', '.join(flags) or 'no AVX2'})"
+
+
+def _synthetic_images(folder: Path, count: int, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        view = "drone" if index % 2 else "satellite"
+        (folder / view).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / view / f"{index:03d}.png"), synthetic_aerial_image(rng, size))
+    return folder
+
+
+def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"images": batch})
+
+
+def _torch_runner(embedder, threads: int) -> Callable[[np.ndarray], object]:
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run(batch: np.ndarray) -> object:
+        with torch.inference_mode():
+            return embedder(torch.from_numpy(batch))
+
+    return run
+
+
+def _interleaved(
+    runners: dict[str, Callable], batch: np.ndarray, rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    for run in runners.values():
+        for _ in range(warmup):
+            run(batch)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(batch)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def speed(args: argparse.Namespace) -> int:
+    import torch
+
+    from meanloc.export.onnx_export import export_model_onnx
+    from meanloc.runtime.identity import ModelIdentity
+    from meanloc.runtime.preprocess import PreprocessSpec
+    from meanloc.training.model import build_model, resolve_config
+
+    config = resolve_config(args.preset)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    identity = ModelIdentity("0" * 64, args.preset, config.embed_dim, PreprocessSpec(size=config.img_size))
+    with tempfile.TemporaryDirectory(prefix="meanloc-bench-int8-") as tmp:
+        work = Path(tmp)
+        print(f"exporting {args.preset} ({config.img_size} px) ...", file=sys.stderr)
+        fp32 = export_model_onnx(model, identity, work / "fp32.onnx", parity=False)
+        images = _synthetic_images(work / "images", args.calib_images, config.img_size)
+        calib_set = from_folder(images, fp32.identity.preprocess, args.calib_images, args.calib_batch)
+        outputs = calibrate(fp32.path, calib_set, work / "calib", method="minmax", progress=True)
+        models = {
+            "ORT FP32": fp32.path,
+            "ORT INT8 CPU flavour (dynamic)": outputs.cpu,
+            "ORT Q/DQ TensorRT flavour": outputs.qdq_trt,
+        }
+        if args.candidates:
+            ranges = collect_ranges(fp32.path, calib_set, "minmax", progress=False)
+            models["ORT INT8 static U8S8 MatMul (candidate)"] = quantize_for_cpu(
+                fp32.path, work / "static.onnx", fp32.identity, ranges, recipe="static-u8s8"
+            )
+        runners = {name: _ort_runner(path, args.threads) for name, path in models.items()}
+        runners["PyTorch eager FP32"] = _torch_runner(model.embedder().eval(), args.threads)
+        batch = next(calib_set.batches())[:1]
+        times = _interleaved(runners, batch, args.rounds, args.warmup)
+
+    base_median, base_p90 = np.median(times["ORT FP32"]), np.percentile(times["ORT FP32"], 90)
+    print(
+        f"\nINT8 CPU latency, {args.preset} {config.img_size} px, batch 1, {args.threads} threads, "
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; {_cpu_description()}, "
+        f"{datetime.date.today()}\n"
+    )
+    print("| model | median ms | median / FP32 | p90 / FP32 |")
+    print("|---|---|---|---|")
+    for name, values in times.items():
+        median, p90 = np.median(values), np.percentile(values, 90)
+        print(f"| {name} | {median * 1000:.1f} | {median / base_median:.2f} | {p90 / base_p90:.2f} |")
+    ratio = np.median(times["ORT INT8 CPU flavour (dynamic)"]) / base_median
+    verdict = "PASS" if ratio <= SPEED_TARGET else "FAIL"
+    print(f"\nINT8 CPU flavour median ratio {ratio:.2f} (target <= {SPEED_TARGET}): {verdict}")
+    return 0 if ratio <= SPEED_TARGET else 1
+
+
+def _fp32_onnx(args: argparse.Namespace, work: Path) -> Path:
+    if args.onnx:
+        return Path(args.onnx)
+    from meanloc.export.onnx_export import export_onnx
+
+    return export_onnx(args.checkpoint, work / "fp32.onnx").path
+
+
+def _calibration(args: argparse.Namespace, fp32: Path, work: Path) -> CalibrationOutputs:
+    from meanloc.export.onnx_graph import load_embedding_onnx
+
+    if args.calib_dir:
+        return open_calibration_dir(args.calib_dir)
+    spec = load_embedding_onnx(fp32).identity.preprocess
+    calib_set = from_dataset(args.data, spec, "train", args.calib_images, args.calib_batch)
+    return calibrate(fp32, calib_set, work / "calib", method=args.method, progress=True)
+
+
+def accuracy(args: argparse.Namespace) -> int:
+    from meanloc.export.precision_report import build_precision_report, format_precision_table
+
+    with tempfile.TemporaryDirectory(prefix="meanloc-bench-int8-") as tmp:
+        work = Path(tmp)
+        fp32 = _fp32_onnx(args, work)
+        outputs = _calibration(args, fp32, work)
+        report = build_precision_report(
+            fp32, args.data, calib_dir=outputs.folder, split=args.split, progress=True
+        )
+    print(format_precision_table(report))
+    rows = {row["precision"]: row for row in report["rows"]}
+    drop = -rows["int8-cpu"]["delta_R@1"]
+    cosine = rows["int8-qdq-trt"]["cosine_mean"]
+    gates = [
+        (f"INT8 CPU R@1 drop {drop:.2f} points (<= {MAX_R1_DROP})", drop <= MAX_R1_DROP),
+        (f"TensorRT-flavour Q/DQ mean cosine {cosine:.4f} (>= {MIN_QDQ_COSINE})", cosine >= MIN_QDQ_COSINE),
+    ]
+    for text, passed in gates:
+        print(f"{'PASS' if passed else 'FAIL'}: {text}")
+    return 0 if all(passed for _, passed in gates) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    fast = sub.add_parser("speed", help="latency ratios of the INT8 models to FP32 (random weights)")
+    fast.add_argument("--preset", default="mean-paper", help="model preset (mean-paper: 384 px)")
+    fast.add_argument("--threads", type=int, default=2, help="intra-op threads for every runtime")
+    fast.add_argument("--rounds", type=int, default=20, help="interleaved timed rounds")
+    fast.add_argument("--warmup", type=int, default=3, help="untimed runs of each model first")
+    fast.add_argument("--calib-images", type=int, default=16, help="synthetic calibration images")
+    fast.add_argument("--calib-batch", type=int, default=4, help="calibration batch size")
+    fast.add_argument(
+        "--candidates", action="store_true", help="also time the CPU recipe that was not chosen"
+    )
+    fast.set_defaults(run=speed)
+    acc = sub.add_parser(
+        "accuracy", help="R@1 drop of INT8 CPU and cosine of the TensorRT-flavour Q/DQ model"
+    )
+    model = acc.add_mutually_exclusive_group(required=True)
+    model.add_argument("--onnx", help="FP32 ONNX of a trained model")
+    model.add_argument("--checkpoint", help="trained checkpoint (exported to ONNX here)")
+    acc.add_argument(
+        "--data", required=True, help="dataset root in the University-1652 layout (train/ + val/)"
+    )
+    acc.add_argument("--split", default="val", help="evaluation split")
+    acc.add_argument(
+        "--calib-dir", help="existing `meanloc calibrate` folder (default: calibrate on train/ now)"
+    )
+    acc.add_argument("--calib-images", type=int, default=256, help="calibration images")
+    acc.add_argument("--calib-batch", type=int, default=16, help="calibration batch size")
+    acc.add_argument("--method", default="entropy", help="calibration method (entropy, percentile, minmax)")
+    acc.set_defaults(run=accuracy)
+    args = parser.parse_args()
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

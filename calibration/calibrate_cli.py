@@ -1,0 +1,63 @@
+"""`meanloc calibrate`: INT8 calibration on the CPU, writing the TensorRT cache and both Q/DQ models."""
+
+from __future__ import annotations
+
+import argparse
+
+from .ranges import METHODS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", required=True, help="FP32 embedding ONNX from `meanloc export onnx`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--images", metavar="DIR", help="folder of calibration images (sub-folders are strata)"
+    )
+    source.add_argument("--data", metavar="ROOT", help="dataset root in the University-1652 layout")
+    parser.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "val", "test"),
+        help="dataset split to draw from (with --data)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder for the cache and the INT8 models"
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=256, help="calibration images (rounded down to whole batches)"
+    )
+    parser.add_argument("--batch", type=int, default=16, help="calibration batch size")
+    parser.add_argument("--method", default="entropy", choices=METHODS, help="how ranges are chosen")
+    parser.add_argument(
+        "--trt-version",
+        default="10.3",
+        help="TensorRT that will read the cache: 10.3 (JetPack 6.1/6.2), 8.6 (JetPack 6.0), 8.5 (JetPack 5) "
+        "or a full version such as 10.7.0",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified image draw")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meanloc.export.onnx_graph import load_embedding_onnx
+
+    from .calibset import from_dataset, from_folder
+    from .pipeline import calibrate
+
+    spec = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity.preprocess
+    if args.images:
+        calib_set = from_folder(args.images, spec, args.num_images, args.batch, args.seed)
+    else:
+        calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch, args.seed)
+    print(
+        f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch})"
+    )
+    outputs = calibrate(
+        args.onnx, calib_set, args.out, args.method, args.trt_version, progress=not args.no_progress
+    )
+    manifest = outputs.manifest
+    print(f"{outputs.cache}: {manifest['num_tensors']} tensor scales, header {manifest['header']}")
+    print(f"{outputs.qdq_trt}: Q/DQ model for TensorRT explicit INT8")
+    print(f"{outputs.cpu}: INT8 model for ONNX Runtime on CPU")
+    return 0

@@ -1,0 +1,114 @@
+"""`meanloc calibrate` end to end: one range pass, then every INT8 artifact from it.
+
+Writes into the output folder:
+- `calibration.cache`: TensorRT's calibration cache text for the chosen TensorRT version;
+- `model.int8-qdq-trt.onnx`: the Q/DQ model for TensorRT explicit quantization;
+- `model.int8-cpu.onnx`: the ONNX Runtime CPU flavour;
+- `calibration.cache.json`: the manifest, written last, so a folder with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meanloc.errors import MeanlocError
+from meanloc.export.onnx_graph import load_embedding_onnx
+from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
+
+from .cache import (
+    build_cache,
+    check_cache_names,
+    parse_trt_version,
+    read_cache_manifest,
+    read_calibration_cache,
+    write_cache_manifest,
+    write_calibration_cache,
+)
+from .calibset import CalibrationSet
+from .onnx_tensors import int8_activation_names, value_names
+from .qdq import CPU_PRECISION, TRT_PRECISION, quantize_for_cpu, quantize_for_tensorrt
+from .ranges import check_method, collect_ranges
+
+CACHE_NAME = "calibration.cache"
+QDQ_TRT_NAME = f"model.{TRT_PRECISION}.onnx"
+CPU_NAME = f"model.{CPU_PRECISION}.onnx"
+
+
+@dataclass(frozen=True)
+class CalibrationOutputs:
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def cache(self) -> Path:
+        return self.folder / CACHE_NAME
+
+    @property
+    def qdq_trt(self) -> Path:
+        return self.folder / QDQ_TRT_NAME
+
+    @property
+    def cpu(self) -> Path:
+        return self.folder / CPU_NAME
+
+
+def calibrate(
+    onnx_path: str | Path,
+    calib_set: CalibrationSet,
+    out_dir: str | Path,
+    method: str = "entropy",
+    trt_version: str = "10.3",
+    progress: bool = True,
+) -> CalibrationOutputs:
+    """Collect ranges of the FP32 ONNX on `calib_set` and write all INT8 artifacts into `out_dir`."""
+    check_method(method)
+    parse_trt_version(trt_version)  # bad input fails before minutes of calibration
+    folder = ensure_writable_dir(out_dir)
+    fp32 = load_embedding_onnx(onnx_path, "FP32 ONNX model")
+    calib_set.spec.check_same(fp32.identity.preprocess, "calibration set vs ONNX model")
+
+    ranges = collect_ranges(fp32.path, calib_set, method, progress=progress)
+    cache = build_cache(ranges.amax(), trt_version)
+    write_calibration_cache(folder / CACHE_NAME, cache)
+    # Read it back: what TensorRT will parse must carry the scales of the ONNX's activations.
+    check_cache_names(
+        read_calibration_cache(folder / CACHE_NAME),
+        value_names(fp32.model),
+        int8_activation_names(fp32.model),
+        str(folder / CACHE_NAME),
+    )
+    quantize_for_tensorrt(fp32.path, folder / QDQ_TRT_NAME, ranges, fp32.identity)
+    quantize_for_cpu(fp32.path, folder / CPU_NAME, fp32.identity, ranges)
+
+    manifest = write_cache_manifest(
+        folder / CACHE_NAME,
+        cache,
+        onnx_path=str(fp32.path),
+        onnx_sha256=fp32.sha256,
+        identity=fp32.identity.to_dict(),
+        method=method,
+        trt_version=trt_version,
+        calibration_set=calib_set.describe(),
+        artifacts={
+            TRT_PRECISION: {"file": QDQ_TRT_NAME, "sha256": sha256_file(folder / QDQ_TRT_NAME)},
+            CPU_PRECISION: {"file": CPU_NAME, "sha256": sha256_file(folder / CPU_NAME)},
+        },
+    )
+    return CalibrationOutputs(folder, manifest)
+
+
+def open_calibration_dir(folder: str | Path, onnx_sha256: str | None = None) -> CalibrationOutputs:
+    """A folder written by `calibrate`, checked against its manifest (and the FP32 ONNX, if given)."""
+    folder = Path(folder)
+    if not (folder / CACHE_NAME).is_file():
+        raise MeanlocError(f"{folder} is not a calibration folder (no {CACHE_NAME}; run `meanloc calibrate`)")
+    manifest = read_cache_manifest(folder / CACHE_NAME, onnx_sha256)
+    for precision, entry in manifest.get("artifacts", {}).items():
+        path = folder / entry["file"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise MeanlocError(
+                f"{path} ({precision}) is missing or changed since calibration; rerun `meanloc calibrate`"
+            )
+    return CalibrationOutputs(folder, manifest)

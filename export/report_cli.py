@@ -1,0 +1,59 @@
+"""`meanloc report precision`: FP32 vs INT8 (and FP16/INT8 engines on a GPU), as JSON + Markdown."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="report", metavar="<report>")
+    precision = sub.add_parser(
+        "precision", help="embedding cosine and R@1/AP of every precision against FP32"
+    )
+    precision.add_argument("--onnx", required=True, help="the FP32 ONNX (the reference)")
+    precision.add_argument(
+        "--calib-dir", metavar="DIR", help="folder written by `meanloc calibrate` (INT8 models)"
+    )
+    precision.add_argument(
+        "--data", required=True, metavar="ROOT", help="dataset root in the University-1652 layout"
+    )
+    precision.add_argument("--split", default="val", choices=("val", "test"), help="evaluation split")
+    precision.add_argument(
+        "--engines",
+        nargs="*",
+        default=[],
+        metavar="ENGINE",
+        help="TensorRT engines to include (skipped without TensorRT)",
+    )
+    precision.add_argument("--batch", type=int, default=32, help="images per inference batch")
+    precision.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all)"
+    )
+    precision.add_argument(
+        "--out", required=True, help="report JSON path; the Markdown table goes next to it (.md)"
+    )
+    precision.set_defaults(handler=run_precision)
+
+
+def run_precision(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meanloc.runtime.artifacts import ensure_writable_dir
+
+    from .precision_report import build_precision_report, format_precision_table, write_precision_report
+
+    ensure_writable_dir(Path(args.out).parent)  # before minutes of inference, not after
+    report = build_precision_report(
+        args.onnx,
+        args.data,
+        calib_dir=args.calib_dir,
+        engines=args.engines,
+        split=args.split,
+        batch_size=args.batch,
+        threads=args.threads,
+        progress=True,
+    )
+    json_path, table_path = write_precision_report(report, args.out)
+    print(format_precision_table(report), end="")
+    print(f"wrote {json_path} and {table_path}")
+    return 0

@@ -1,0 +1,200 @@
+"""On-disk layout of a bank, and writing / checking it.
+
+A bank is a folder:
+  embeddings.npy   (count, dim) float16, L2-normalised rows, memory-mapped on load
+  tiles.npy        one metadata record per embedding row (structured array, see `tiles.py`)
+  manifest.json    kind "bank": model identity, dim, count, local frame, tile sources, build
+                   parameters and the sha256 of every array file. Written last: a folder
+                   without it is not a bank.
+Python 3.8 compatible; needs only numpy.
+"""
+
+import datetime
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Sequence
+
+import numpy as np
+
+from meanloc.errors import ArtifactMismatchError, MeanlocError
+
+from ..artifacts import (
+    atomic_path,
+    atomic_write_json,
+    check_manifest_kind,
+    ensure_writable_dir,
+    new_manifest,
+    read_json,
+    sha256_file,
+)
+from ..identity import ModelIdentity
+from .frame import LocalFrame
+from .tiles import check_tile_dtype
+
+BANK_KIND = "bank"
+EMBEDDINGS_FILE = "embeddings.npy"
+TILES_FILE = "tiles.npy"
+MANIFEST_FILE = "manifest.json"
+EMBEDDING_DTYPE = "float16"
+# Rows are checked to be unit length within this tolerance (float16 rounding is ~1e-3).
+NORM_TOLERANCE = 0.02
+
+
+def write_bank(
+    out_dir: Path,
+    embedding_parts: Iterable[np.ndarray],
+    records: np.ndarray,
+    sources: Sequence[Mapping[str, str]],
+    identity: ModelIdentity,
+    build: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """Write a complete bank; `embedding_parts` are (n_i, dim) arrays in tile order, streamed to
+    disk; `records` the tile records (ids are set here to 0..count-1); `sources` what their
+    `source` field indexes ({"id", "sha256"})."""
+    out_dir = ensure_writable_dir(out_dir)
+    count = len(records)
+    if count == 0:
+        raise MeanlocError("no tiles to write: every tile was skipped (check --min-valid and the source)")
+    # A stale manifest must never describe the new arrays, even if we die half way.
+    manifest_path = out_dir / MANIFEST_FILE
+    if manifest_path.exists():
+        manifest_path.unlink()
+    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp:
+        array = np.lib.format.open_memmap(
+            str(tmp), mode="w+", dtype=np.float16, shape=(count, identity.embed_dim)
+        )
+        filled = 0
+        for part in embedding_parts:
+            array[filled : filled + len(part)] = part
+            filled += len(part)
+        if filled != count:
+            raise MeanlocError("internal: {} embeddings for {} tiles".format(filled, count))
+        array.flush()
+        del array
+    records = np.array(records, copy=True)
+    records["id"] = np.arange(count)
+    with atomic_path(out_dir / TILES_FILE) as tmp, open(str(tmp), "wb") as handle:
+        np.save(handle, records, allow_pickle=False)
+    frame = LocalFrame.centred_on(records["center_lat"], records["center_lon"])
+    manifest = new_manifest(
+        BANK_KIND,
+        identity=identity.to_dict(),
+        dim=identity.embed_dim,
+        count=count,
+        dtype=EMBEDDING_DTYPE,
+        local_frame=frame.to_dict(),
+        sources=[{"id": str(s["id"]), "sha256": str(s["sha256"])} for s in sources],
+        files={name: {"sha256": sha256_file(out_dir / name)} for name in (EMBEDDINGS_FILE, TILES_FILE)},
+        build=dict(build),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def read_manifest(bank_dir: Path) -> Dict[str, Any]:
+    bank_dir = Path(bank_dir)
+    if not bank_dir.is_dir():
+        raise MeanlocError("bank folder not found: {}".format(bank_dir))
+    path = bank_dir / MANIFEST_FILE
+    if not path.exists():
+        raise MeanlocError(
+            "{} is not a bank (no {}; unfinished build? re-run with --resume)".format(bank_dir, MANIFEST_FILE)
+        )
+    manifest = read_json(path, "bank manifest")
+    check_manifest_kind(manifest, BANK_KIND, str(path))
+    for key in ("identity", "dim", "count", "local_frame", "sources", "files"):
+        if key not in manifest:
+            raise MeanlocError("bank manifest {} lacks '{}'".format(path, key))
+    return manifest
+
+
+def manifest_identity(manifest: Mapping[str, Any]) -> ModelIdentity:
+    return ModelIdentity.from_dict(manifest["identity"])
+
+
+def manifest_frame(manifest: Mapping[str, Any]) -> LocalFrame:
+    frame = manifest["local_frame"]
+    try:
+        return LocalFrame(float(frame["lat0"]), float(frame["lon0"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MeanlocError("bank manifest has an invalid local frame: {}".format(exc)) from None
+
+
+def open_embeddings(bank_dir: Path, manifest: Mapping[str, Any]) -> np.ndarray:
+    """Memory-map the embeddings and check their shape and dtype against the manifest."""
+    path = Path(bank_dir) / EMBEDDINGS_FILE
+    array = _load_array(path, "bank embeddings")
+    expected = (int(manifest["count"]), int(manifest["dim"]))
+    if array.dtype != np.float16 or array.shape != expected:
+        raise ArtifactMismatchError(
+            "{} holds {} {} but the manifest says {} float16".format(path, array.shape, array.dtype, expected)
+        )
+    return array
+
+
+def open_tiles(bank_dir: Path, manifest: Mapping[str, Any]) -> np.ndarray:
+    """Memory-map the tile records and check their layout and count against the manifest."""
+    path = Path(bank_dir) / TILES_FILE
+    records = _load_array(path, "bank tile table")
+    try:
+        check_tile_dtype(records.dtype)
+    except ValueError as exc:
+        raise MeanlocError("{} is not a meanloc tile table: {}".format(path, exc)) from None
+    if records.shape != (int(manifest["count"]),):
+        raise ArtifactMismatchError(
+            "{} holds {} tiles but the manifest says {}".format(path, records.shape, manifest["count"])
+        )
+    return records
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(str(path), mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise MeanlocError("{} not found: {}".format(what, path)) from None
+    except (OSError, ValueError) as exc:
+        raise MeanlocError("cannot read {} {}: {}".format(what, path, exc)) from None
+
+
+def verify_bank(bank_dir: Path, block_rows: int = 65536) -> List[str]:
+    """Every problem found (empty list = sound): hashes, shapes, table consistency, unit norms."""
+    bank_dir = Path(bank_dir)
+    manifest = read_manifest(bank_dir)
+    problems = []
+    for name, entry in sorted(manifest["files"].items()):
+        path = bank_dir / name
+        if not path.exists():
+            problems.append("{} is missing".format(name))
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append("{} sha256 differs from the manifest (corrupted or modified)".format(name))
+    try:
+        manifest_identity(manifest)
+        embeddings = open_embeddings(bank_dir, manifest)
+        records = open_tiles(bank_dir, manifest)
+    except MeanlocError as exc:
+        return [*problems, str(exc)]
+    if int(manifest["identity"]["embed_dim"]) != embeddings.shape[1]:
+        problems.append(
+            "identity embed_dim {} != array dim {}".format(
+                manifest["identity"]["embed_dim"], embeddings.shape[1]
+            )
+        )
+    for start in range(0, embeddings.shape[0], block_rows):
+        block = np.asarray(embeddings[start : start + block_rows], dtype=np.float32)
+        if not np.all(np.isfinite(block)):
+            problems.append("embeddings rows {}..{} contain NaN/inf".format(start, start + len(block) - 1))
+            break
+        norms = np.linalg.norm(block, axis=1)
+        if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
+            problems.append(
+                "embedding row {} is not unit length".format(start + int(np.argmax(np.abs(norms - 1.0))))
+            )
+            break
+    if not np.array_equal(records["id"], np.arange(len(records))):
+        problems.append("{} ids are not 0..count-1 in order".format(TILES_FILE))
+    sources = np.asarray(records["source"])
+    if len(sources) and (sources.min() < 0 or sources.max() >= len(manifest["sources"])):
+        problems.append("{} refers to tile sources missing from the manifest".format(TILES_FILE))
+    if not (np.all(np.abs(records["center_lat"]) <= 90) and np.all(np.abs(records["center_lon"]) <= 180)):
+        problems.append("{} has tile centres outside valid lat/lon".format(TILES_FILE))
+    return problems

@@ -1,0 +1,192 @@
+"""`meanloc bank build|info|verify|merge`: satellite embedding banks.
+
+Heavy imports (onnxruntime, OpenCV, rasterio, pyproj) happen inside the handlers, so `--help`
+is instant and nothing here imports torch. Python 3.8 compatible.
+"""
+
+import argparse
+import json
+from typing import List
+
+from meanloc.errors import MeanlocError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bank_command", metavar="<action>")
+
+    build = sub.add_parser("build", help="embed satellite tiles into a bank (resumable)")
+    build.add_argument("--model", required=True, help="embedding model: .onnx, .engine or a checkpoint")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--orthophoto", help="georeferenced GeoTIFF to cut into north-up tiles")
+    source.add_argument("--tiles-dir", help="folder of ready-made tile images (needs --tiles-csv)")
+    build.add_argument(
+        "--tiles-csv",
+        help="CSV or JSON listing the tiles: id, path, center_lat, center_lon, tl/tr/br/bl _lat/_lon[, gsd]",
+    )
+    build.add_argument("--out", required=True, help="bank folder to write")
+    build.add_argument(
+        "--tile-m", type=float, default=200.0, help="tile side in metres at scale 1 (default 200)"
+    )
+    build.add_argument(
+        "--overlap", type=float, default=0.5, help="tile overlap in [0, 1); stride = side*(1-overlap)"
+    )
+    build.add_argument(
+        "--scales", default="1", help="comma-separated tile side multipliers, e.g. 1,2 (default 1)"
+    )
+    build.add_argument(
+        "--tile-px", type=int, default=None, help="tile image size in pixels (default: model input)"
+    )
+    build.add_argument(
+        "--min-valid", type=float, default=0.5, help="skip tiles with less valid data (default 0.5)"
+    )
+    build.add_argument("--batch", type=int, default=32, help="tiles per inference batch (default 32)")
+    build.add_argument(
+        "--shard-size", type=int, default=4096, help="tiles per resumable shard (default 4096)"
+    )
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    build.add_argument(
+        "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
+    )
+    build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    build.set_defaults(handler=_build)
+
+    info = sub.add_parser("info", help="summarise a bank (model, size, area)")
+    info.add_argument("bank", help="bank folder")
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.add_argument("--tiles-csv", metavar="FILE", help="also export the tile metadata table as CSV")
+    info.set_defaults(handler=_info)
+
+    verify = sub.add_parser("verify", help="check hashes, shapes and metadata of a bank (exit 1 on failure)")
+    verify.add_argument("bank", help="bank folder")
+    verify.set_defaults(handler=_verify)
+
+    merge = sub.add_parser("merge", help="merge banks of the same model into one (tiles re-numbered)")
+    merge.add_argument("banks", nargs="+", help="bank folders, in order")
+    merge.add_argument("--out", required=True, help="merged bank folder to write")
+    merge.set_defaults(handler=_merge)
+
+
+def _parse_scales(text: str) -> List[float]:
+    try:
+        scales = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MeanlocError(
+            "--scales must be comma-separated numbers, e.g. 1,2 (got {!r})".format(text)
+        ) from None
+    if not scales:
+        raise MeanlocError("--scales is empty")
+    return scales
+
+
+def _build(args: argparse.Namespace) -> int:
+    from meanloc.runtime.backends import open_backend
+
+    from .bank import build_bank_from_orthophoto, build_bank_from_tiles
+
+    if args.tiles_dir and not args.tiles_csv:
+        raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
+    if args.orthophoto and args.tiles_csv:
+        raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
+    options = {
+        "batch": args.batch,
+        "shard_size": args.shard_size,
+        "resume": args.resume,
+        "progress": not args.no_progress,
+    }
+    with open_backend(args.model, backend=args.backend) as backend:
+        if args.orthophoto:
+            result = build_bank_from_orthophoto(
+                args.orthophoto,
+                backend,
+                args.out,
+                tile_m=args.tile_m,
+                overlap=args.overlap,
+                scales=_parse_scales(args.scales),
+                min_valid=args.min_valid,
+                tile_px=args.tile_px,
+                **options,
+            )
+        else:
+            result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out, **options)
+    print(
+        "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
+            result.path,
+            result.count,
+            result.candidates,
+            result.skipped_invalid,
+            result.shards_reused,
+            result.shards_built,
+        )
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .bank import SatelliteBank
+    from .bank.store import EMBEDDINGS_FILE
+
+    bank = SatelliteBank.open(args.bank, device="cpu")
+    if args.tiles_csv:
+        from .artifacts import atomic_write_text
+        from .bank.tiles import tiles_csv_text
+
+        atomic_write_text(args.tiles_csv, tiles_csv_text(bank.tiles))
+    if args.json:
+        print(json.dumps(bank.manifest, indent=2, sort_keys=True))
+        return 0
+    identity, build, tiles = bank.identity, bank.manifest.get("build", {}), bank.tiles
+    size_mb = (bank.directory / EMBEDDINGS_FILE).stat().st_size / 1e6
+    lines = [
+        "bank:        {}".format(bank.directory),
+        "tiles:       {} x {}-d float16 ({:.1f} MB)".format(bank.count, bank.dim, size_mb),
+        "model:       {} checkpoint {}... precision {} artifact {}".format(
+            identity.preset,
+            identity.checkpoint_sha256[:12],
+            identity.precision,
+            (identity.artifact_sha256 or "-")[:12],
+        ),
+        "preprocess:  {} px {} {}".format(
+            identity.preprocess.size, identity.preprocess.color_order, identity.preprocess.interpolation
+        ),
+        "area:        lat {:.6f}..{:.6f}  lon {:.6f}..{:.6f}".format(
+            tiles.lat.min(), tiles.lat.max(), tiles.lon.min(), tiles.lon.max()
+        ),
+        "tile sides:  {} m".format(
+            ", ".join("{:g}".format(s) for s in sorted(set(tiles.side_m.round(1).tolist())))
+        ),
+        "built by:    {}".format(
+            build.get("type", "?")
+            if build.get("type") != "merge"
+            else "merge of {} banks".format(len(build.get("merged_from", [])))
+        ),
+        "sources:     {}{}".format(
+            ", ".join(s["id"] for s in tiles.sources[:3]),
+            " (+{} more)".format(len(tiles.sources) - 3) if len(tiles.sources) > 3 else "",
+        ),
+        "created:     {}".format(bank.manifest.get("created_utc", "?")),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import sys
+
+    from .bank import verify_bank
+
+    problems = verify_bank(args.bank)
+    if problems:
+        for problem in problems:
+            print("meanloc: bank {}: {}".format(args.bank, problem), file=sys.stderr)
+        print("FAILED: {} problem(s)".format(len(problems)))
+        return 1
+    print("OK: {} (hashes, shapes, norms and tile table match the manifest)".format(args.bank))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .bank import merge_banks
+
+    manifest = merge_banks(args.banks, args.out)
+    print("merged {} banks into {}: {} tiles".format(len(args.banks), args.out, manifest["count"]))
+    return 0

@@ -1,0 +1,253 @@
+"""Pinhole drone camera over a flat ground: pose -> homography, oblique rendering, footprint.
+
+Follows datasets-and-metrics.md §5.2-§5.4 exactly. World frame: local ENU metres of the
+orthophoto's projected CRS (x east, y north, z up), ground = plane z = 0.
+
+Image coordinates use the corner convention like the orthophoto: (0, 0) is the outer corner of
+the top-left pixel, the principal point is (W/2, H/2), pixel (i, j) is centred at (i+0.5, j+0.5).
+
+Honest limits (§5.8): the world is flat. The homography cannot show facades, parallax,
+occlusion changes or relief displacement; shadows and lighting are those of the orthophoto;
+moving objects are frozen; orthophoto artefacts (roof lean, seamlines) are inherited by
+every view. Views rendered this way are an optimistic proxy for real oblique frames.
+
+Python 3.8 compatible and torch-free.
+"""
+
+import math
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from meanloc.errors import MeanlocError
+from meanloc.runtime.geo.orthophoto import Orthophoto, require_cv2, warp
+
+# Corner rays steeper than this from nadir are rejected: beyond it the far field is a few
+# smeared rows per hundreds of metres, and at 90 deg the horizon is in view (§5.4).
+DEFAULT_MAX_RAY_ANGLE_DEG = 80.0
+
+
+class CameraIntrinsics(NamedTuple):
+    """Pinhole camera, principal point at the image centre, square pixels."""
+
+    width: int
+    height: int
+    hfov_deg: float
+
+    @property
+    def focal_px(self) -> float:
+        return (self.width / 2.0) / math.tan(math.radians(self.hfov_deg) / 2.0)
+
+    @property
+    def vfov_deg(self) -> float:
+        return math.degrees(2.0 * math.atan((self.height / 2.0) / self.focal_px))
+
+    @property
+    def K(self) -> np.ndarray:
+        f = self.focal_px
+        return np.array([[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]])
+
+    def scaled(self, factor: int) -> "CameraIntrinsics":
+        """Same field of view at `factor` times the resolution (for supersampling)."""
+        return CameraIntrinsics(self.width * factor, self.height * factor, self.hfov_deg)
+
+    def validate(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise MeanlocError("camera image size must be positive, got {}x{}".format(self.width, self.height))
+        if not 1.0 <= self.hfov_deg <= 170.0:
+            raise MeanlocError("horizontal field of view must be within 1..170 deg, got {}".format(self.hfov_deg))
+
+
+class Pose(NamedTuple):
+    """Camera pose by its look-at ground point T (metres), altitude h, pitch from nadir, yaw
+    (heading of the optical axis, clockwise from north) and roll about the optical axis."""
+
+    target_xy: Tuple[float, float]
+    altitude_m: float
+    pitch_deg: float
+    yaw_deg: float
+    roll_deg: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"target_xy": [float(self.target_xy[0]), float(self.target_xy[1])], "altitude_m": float(self.altitude_m),
+                "pitch_deg": float(self.pitch_deg), "yaw_deg": float(self.yaw_deg), "roll_deg": float(self.roll_deg)}
+
+
+def camera_centre(pose: Pose) -> np.ndarray:
+    """C = (Tx - h tan(theta) sin(psi), Ty - h tan(theta) cos(psi), h)."""
+    theta, psi = math.radians(pose.pitch_deg), math.radians(pose.yaw_deg)
+    back = pose.altitude_m * math.tan(theta)
+    return np.array([pose.target_xy[0] - back * math.sin(psi), pose.target_xy[1] - back * math.cos(psi),
+                     pose.altitude_m])
+
+
+def rotation_world_to_camera(pose: Pose) -> np.ndarray:
+    """R with rows x_c (right), y_c (down), z_c (forward) expressed in world coordinates."""
+    theta, psi, phi = math.radians(pose.pitch_deg), math.radians(pose.yaw_deg), math.radians(pose.roll_deg)
+    z_c = np.array([math.sin(theta) * math.sin(psi), math.sin(theta) * math.cos(psi), -math.cos(theta)])
+    x_c = np.array([math.cos(psi), -math.sin(psi), 0.0])
+    y_c = np.cross(z_c, x_c)
+    # Roll rotates the image axes about the optical axis.
+    x_r = math.cos(phi) * x_c + math.sin(phi) * y_c
+    y_r = -math.sin(phi) * x_c + math.cos(phi) * y_c
+    return np.stack([x_r, y_r, z_c])
+
+
+def ground_homography(intrinsics: CameraIntrinsics, pose: Pose) -> np.ndarray:
+    """H_g = K [r1 r2 t]: ground point (x, y, 1) in metres -> image point (corner convention)."""
+    rot = rotation_world_to_camera(pose)
+    t = -rot @ camera_centre(pose)
+    return intrinsics.K @ np.column_stack([rot[:, 0], rot[:, 1], t])
+
+
+def project_ground(intrinsics: CameraIntrinsics, pose: Pose, xy: np.ndarray) -> np.ndarray:
+    """Ground points (N, 2) metres -> image points (N, 2)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    uvw = ground_homography(intrinsics, pose) @ np.vstack([xy.T, np.ones(len(xy))])
+    return (uvw[:2] / uvw[2]).T
+
+
+def image_rays(intrinsics: CameraIntrinsics, pose: Pose, uv: np.ndarray) -> np.ndarray:
+    """World directions d = R^T K^-1 (u, v, 1) of image points (N, 2), unit length."""
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    cam = np.linalg.inv(intrinsics.K) @ np.vstack([uv.T, np.ones(len(uv))])
+    world = rotation_world_to_camera(pose).T @ cam
+    return (world / np.linalg.norm(world, axis=0)).T
+
+
+def image_corners(intrinsics: CameraIntrinsics) -> np.ndarray:
+    """Outer image corners TL, TR, BR, BL (corner convention)."""
+    w, h = float(intrinsics.width), float(intrinsics.height)
+    return np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]])
+
+
+class Footprint(NamedTuple):
+    """Ground footprint of a view. `polygon_xy` (4, 2) TL, TR, BR, BL, or None if a corner ray
+    misses the ground; `max_ray_angle_deg` is the steepest corner ray's angle from nadir."""
+
+    polygon_xy: Optional[np.ndarray]
+    max_ray_angle_deg: float
+    ok: bool
+    reason: str
+
+
+def footprint(intrinsics: CameraIntrinsics, pose: Pose,
+              max_ray_angle_deg: float = DEFAULT_MAX_RAY_ANGLE_DEG) -> Footprint:
+    """Intersect the four corner rays with the ground (§5.4) and check they point down enough."""
+    rays = image_rays(intrinsics, pose, image_corners(intrinsics))
+    angles = np.degrees(np.arccos(np.clip(-rays[:, 2], -1.0, 1.0)))
+    steepest = float(angles.max())
+    if np.any(rays[:, 2] >= -1e-6):
+        return Footprint(None, steepest, False, "horizon in view")
+    centre = camera_centre(pose)
+    s = -centre[2] / rays[:, 2]
+    polygon = centre[None, :2] + s[:, None] * rays[:, :2]
+    if steepest > max_ray_angle_deg:
+        return Footprint(polygon, steepest, False, "corner ray {:.1f} deg from nadir > {:.1f}".format(
+            steepest, max_ray_angle_deg))
+    return Footprint(polygon, steepest, True, "")
+
+
+def max_pitch_for(intrinsics: CameraIntrinsics, max_ray_angle_deg: float = DEFAULT_MAX_RAY_ANGLE_DEG,
+                  roll_deg: float = 0.0) -> float:
+    """Largest pitch whose corner rays all stay within `max_ray_angle_deg` of nadir."""
+    lo, hi = 0.0, 89.9
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if footprint(intrinsics, Pose((0.0, 0.0), 100.0, mid, 0.0, roll_deg), max_ray_angle_deg).ok:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def footprint_inside(ortho: Orthophoto, intrinsics: CameraIntrinsics, pose: Pose, polygon_xy: np.ndarray,
+                     samples: int = 12) -> bool:
+    """True if the footprint lies inside the raster and a grid of ground points in it is valid."""
+    cols, rows = ortho.world_to_pixel(polygon_xy[:, 0], polygon_xy[:, 1])
+    if cols.min() < 0 or rows.min() < 0 or cols.max() > ortho.width or rows.max() > ortho.height:
+        return False
+    u = (np.arange(samples) + 0.5) * intrinsics.width / samples
+    v = (np.arange(samples) + 0.5) * intrinsics.height / samples
+    grid = np.stack(np.meshgrid(u, v), axis=-1).reshape(-1, 2)
+    h_inv = np.linalg.inv(ground_homography(intrinsics, pose))
+    xyw = h_inv @ np.vstack([grid.T, np.ones(len(grid))])
+    xy = xyw[:2] / xyw[2]
+    return bool(ortho.contains_world(xy[0], xy[1]).all())
+
+
+class RenderedView(NamedTuple):
+    image_bgr: np.ndarray
+    valid_fraction: float
+    footprint_xy: np.ndarray
+    camera_xy: Tuple[float, float]
+    valid_mask: np.ndarray
+    gsd_center_m: Tuple[float, float]  # (across, along) the optical axis at the image centre
+
+
+def centre_gsd(intrinsics: CameraIntrinsics, pose: Pose) -> Tuple[float, float]:
+    """GSD at the image centre: slant D = h / cos(theta); D/f across, D/(f cos(theta)) along."""
+    cos_t = math.cos(math.radians(pose.pitch_deg))
+    slant = pose.altitude_m / cos_t
+    return slant / intrinsics.focal_px, slant / (intrinsics.focal_px * cos_t)
+
+
+def render_view(ortho: Orthophoto, intrinsics: CameraIntrinsics, pose: Pose, supersample: int = 2,
+                bands: int = 8, max_ray_angle_deg: float = 89.0) -> RenderedView:
+    """Render the oblique view of `ortho` seen from `pose` by inverse warping (§5.3).
+
+    Anti-aliasing combines both remedies of §5.3 step 8: the image is rendered at `supersample`
+    times its size in horizontal bands, each band sampled (bilinear) from the Gaussian-pyramid
+    level matching its local scale (sqrt |det J| of the inverse map), then reduced with
+    INTER_AREA. Validity is the nearest-neighbour warp of the orthophoto's mask.
+    Raises MeanlocError if a corner ray does not hit the ground (horizon in view).
+    """
+    cv2 = require_cv2()
+    intrinsics.validate()
+    fp = footprint(intrinsics, pose, max_ray_angle_deg)
+    if fp.polygon_xy is None or not fp.ok:
+        raise MeanlocError("pose sees the horizon or too far ({}): lower the pitch (pitch {:.1f} + VFOV/2 {:.1f})".format(
+            fp.reason, pose.pitch_deg, intrinsics.vfov_deg / 2.0))
+    big = intrinsics.scaled(supersample)
+    # image (corner coords) -> orthophoto pixel (corner coords)
+    img_to_src = ortho.inverse @ np.linalg.inv(ground_homography(big, pose))
+    pyramid = ortho.pyramid()
+    rows = _band_edges(big.height, bands)
+    out = np.zeros((big.height, big.width, 3), dtype=np.uint8)
+    for top, bottom in zip(rows[:-1], rows[1:]):  # noqa: RUF007 - itertools.pairwise is 3.10+
+        level = _pyramid_level(img_to_src, big.width / 2.0, 0.5 * (top + bottom), len(pyramid) - 1)
+        to_level = np.diag([0.5 ** level, 0.5 ** level, 1.0])  # corner coords halve per pyrDown level
+        shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, float(top)], [0.0, 0.0, 1.0]])
+        out[top:bottom] = warp(pyramid[level], to_level @ img_to_src @ shift, (big.width, bottom - top),
+                               cv2.INTER_LINEAR)
+    valid_big = ortho.warp_valid(img_to_src, (big.width, big.height))
+    if supersample > 1:
+        image = cv2.resize(out, (intrinsics.width, intrinsics.height), interpolation=cv2.INTER_AREA)
+        # An output pixel is valid only if all its supersamples are.
+        valid = valid_big.reshape(intrinsics.height, supersample, intrinsics.width, supersample).all(axis=(1, 3))
+    else:
+        image, valid = out, valid_big
+    image[~valid] = 0
+    centre = camera_centre(pose)
+    return RenderedView(image, float(valid.mean()), fp.polygon_xy, (float(centre[0]), float(centre[1])), valid,
+                        centre_gsd(intrinsics, pose))
+
+
+def _band_edges(height: int, bands: int) -> List[int]:
+    edges = np.linspace(0, height, max(1, bands) + 1).round().astype(int)
+    return sorted(set(edges.tolist()))
+
+
+def _pyramid_level(img_to_src: np.ndarray, u: float, v: float, max_level: int) -> int:
+    """floor(log2(source pixels per output pixel)) at image point (u, v), from the Jacobian."""
+
+    def apply(p: Tuple[float, float]) -> np.ndarray:
+        q = img_to_src @ np.array([p[0], p[1], 1.0])
+        return q[:2] / q[2]
+
+    origin = apply((u, v))
+    jac = np.column_stack([apply((u + 1.0, v)) - origin, apply((u, v + 1.0)) - origin])
+    scale = math.sqrt(abs(float(np.linalg.det(jac))))
+    if scale <= 1.0:
+        return 0
+    return int(min(max_level, math.floor(math.log2(scale))))

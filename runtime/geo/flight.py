@@ -1,0 +1,158 @@
+"""Synthetic flight sequences over an orthophoto and a noisy position prior (§5.5, §4.3).
+
+A flight is a straight or lawn-mower track flown at constant speed, one frame per `1/fps`
+seconds, the camera heading along the track at a fixed pitch. The per-frame truth is the
+look-at ground point T (what the localizer estimates); the vehicle position (camera centre
+below the drone) is recorded as well. Placement is retried until every frame's footprint
+lies on valid imagery.
+
+The prior simulates dead reckoning: a slowly wandering velocity error of about `drift_mps`
+integrated over time, plus occasional injected jumps (resets to a wrong place), to exercise
+the search window and the filter.
+
+Flat-world limits (§5.8) apply to every rendered frame; see `camera`.
+Python 3.8 compatible and torch-free.
+"""
+
+import math
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from meanloc.errors import MeanlocError
+from meanloc.runtime.geo.appearance import apply_appearance
+from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, footprint, footprint_inside, render_view
+from meanloc.runtime.geo.orthophoto import Orthophoto
+
+PATTERNS = ("straight", "lawnmower")
+DEFAULT_INTRINSICS = CameraIntrinsics(640, 480, 70.0)
+
+
+class FramePose(NamedTuple):
+    index: int
+    t: float
+    pose: Pose
+    target_lonlat: Tuple[float, float]
+    vehicle_xy: Tuple[float, float]
+    heading_deg: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"index": self.index, "t": self.t, "pose": self.pose.to_dict(),
+                "target_lonlat": list(self.target_lonlat), "vehicle_xy": list(self.vehicle_xy),
+                "heading_deg": self.heading_deg}
+
+
+class PriorFix(NamedTuple):
+    t: float
+    target_xy: Tuple[float, float]
+    vehicle_xy: Tuple[float, float]
+    error_m: float
+    jumped: bool
+
+
+def _waypoints(pattern: str, length_m: float, leg_m: float, spacing_m: float) -> np.ndarray:
+    """Track in a local frame starting at the origin heading north (+y)."""
+    if pattern == "straight":
+        return np.array([[0.0, 0.0], [0.0, length_m]])
+    points = [[0.0, 0.0]]
+    x, y, direction = 0.0, 0.0, 1.0
+    travelled = 0.0
+    while travelled < length_m:
+        y += direction * leg_m
+        points.append([x, y])
+        x += spacing_m
+        points.append([x, y])
+        travelled += leg_m + spacing_m
+        direction = -direction
+    return np.array(points)
+
+
+def _sample_track(waypoints: np.ndarray, distances: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Positions (N, 2) and headings (deg clockwise from north) at arc lengths `distances`."""
+    seg = np.diff(waypoints, axis=0)
+    seg_len = np.linalg.norm(seg, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    idx = np.clip(np.searchsorted(cum, distances, side="right") - 1, 0, len(seg) - 1)
+    frac = (distances - cum[idx]) / np.maximum(seg_len[idx], 1e-9)
+    pos = waypoints[idx] + frac[:, None] * seg[idx]
+    heading = np.degrees(np.arctan2(seg[idx, 0], seg[idx, 1])) % 360.0
+    return pos, heading
+
+
+def plan_flight(ortho: Orthophoto, n_frames: int, speed_mps: float = 10.0, altitude_m: float = 200.0,
+                pitch_deg: float = 40.0, seed: int = 0, pattern: str = "straight",
+                intrinsics: Optional[CameraIntrinsics] = None, fps: float = 1.0, leg_m: float = 600.0,
+                spacing_m: float = 150.0, attempts: int = 200) -> List[FramePose]:
+    """Place a track of `n_frames` frames on `ortho` so every footprint is on valid imagery."""
+    if pattern not in PATTERNS:
+        raise MeanlocError("unknown flight pattern '{}' (choose {})".format(pattern, ", ".join(PATTERNS)))
+    if n_frames < 1 or speed_mps <= 0 or fps <= 0 or altitude_m <= 0:
+        raise MeanlocError("flight needs n_frames >= 1 and positive speed, fps and altitude")
+    intrinsics = intrinsics or DEFAULT_INTRINSICS
+    probe = footprint(intrinsics, Pose((0.0, 0.0), altitude_m, pitch_deg, 0.0))
+    if not probe.ok:
+        raise MeanlocError("pitch {:.1f} deg with a {:.0f} deg VFOV sees too far ({}); lower the pitch".format(
+            pitch_deg, intrinsics.vfov_deg, probe.reason))
+    rng = np.random.default_rng(seed)
+    times = np.arange(n_frames) / fps
+    local = _waypoints(pattern, speed_mps * times[-1] + 1e-6, leg_m, spacing_m)
+    min_x, min_y, max_x, max_y = ortho.bounds_world()
+    ahead = altitude_m * math.tan(math.radians(pitch_deg))
+    for _ in range(attempts):
+        angle = math.radians(rng.uniform(0.0, 360.0))
+        rot = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
+        start = np.array([rng.uniform(min_x, max_x), rng.uniform(min_y, max_y)])
+        track = local @ rot.T + start
+        vehicle, heading = _sample_track(track, speed_mps * times)
+        psi = np.radians(heading)
+        targets = vehicle + ahead * np.stack([np.sin(psi), np.cos(psi)], axis=1)
+        poses = [Pose((float(x), float(y)), altitude_m, pitch_deg, float(h)) for (x, y), h in zip(targets, heading)]
+        if all(footprint_inside(ortho, intrinsics, p, footprint(intrinsics, p).polygon_xy, samples=4) for p in poses):
+            lon, lat = ortho.world_to_lonlat(targets[:, 0], targets[:, 1])
+            return [FramePose(i, float(times[i]), poses[i], (float(lon[i]), float(lat[i])),
+                              (float(vehicle[i, 0]), float(vehicle[i, 1])), float(heading[i]))
+                    for i in range(n_frames)]
+    raise MeanlocError("orthophoto ({:.0f} x {:.0f} m) is too small for a {} flight of {} frames at {} m/s, "
+                       "{} m altitude, pitch {}".format(max_x - min_x, max_y - min_y, pattern, n_frames, speed_mps,
+                                                         altitude_m, pitch_deg))
+
+
+def render_flight(ortho: Orthophoto, plan: Sequence[FramePose], intrinsics: Optional[CameraIntrinsics] = None,
+                  seed: int = 0, appearance: bool = True) -> Iterator[Tuple[FramePose, np.ndarray]]:
+    """Yield (frame pose, BGR frame) for each planned frame, with §5.6 effects if `appearance`."""
+    intrinsics = intrinsics or DEFAULT_INTRINSICS
+    for frame in plan:
+        view = render_view(ortho, intrinsics, frame.pose)
+        image = view.image_bgr
+        if appearance:
+            image, _ = apply_appearance(image, np.random.default_rng([seed, frame.index]), view.valid_mask)
+        yield frame, image
+
+
+def simulate_prior(plan: Sequence[FramePose], drift_mps: float = 2.0, jump_every: int = 60, jump_m: float = 150.0,
+                   seed: int = 0) -> List[PriorFix]:
+    """Dead-reckoning prior: truth + integrated wandering velocity error + injected jumps.
+
+    The velocity error keeps magnitude ~`drift_mps` and turns slowly (random walk of its
+    direction); a jump of `jump_m` in a random direction happens on average every `jump_every`
+    frames (0 disables jumps) and persists, like a dead-reckoning reset to a wrong fix.
+    """
+    rng = np.random.default_rng(seed)
+    error = np.zeros(2)
+    direction = rng.uniform(0.0, 2.0 * math.pi)
+    fixes = []  # type: List[PriorFix]
+    previous_t = plan[0].t if plan else 0.0
+    for frame in plan:
+        dt = frame.t - previous_t
+        previous_t = frame.t
+        direction += rng.normal(0.0, 0.3) * math.sqrt(max(dt, 0.0))
+        error += drift_mps * dt * np.array([math.sin(direction), math.cos(direction)])
+        jumped = bool(jump_every > 0 and frame.index > 0 and rng.uniform() < 1.0 / jump_every)
+        if jumped:
+            angle = rng.uniform(0.0, 2.0 * math.pi)
+            error += jump_m * np.array([math.sin(angle), math.cos(angle)])
+        tx, ty = frame.pose.target_xy
+        vx, vy = frame.vehicle_xy
+        fixes.append(PriorFix(frame.t, (tx + error[0], ty + error[1]), (vx + error[0], vy + error[1]),
+                              float(np.hypot(*error)), jumped))
+    return fixes

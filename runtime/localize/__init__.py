@@ -1,0 +1,1 @@
+"""The onboard localization loop (`meanloc localize`): sources, estimate, filter, sinks."""

@@ -1,0 +1,318 @@
+"""The onboard localization loop: frame -> embedding -> bank search -> fix -> filter -> sinks.
+
+Per frame: preprocess (the one `runtime.preprocess` definition) and embed with the backend,
+search the bank globally or in a window around the filter's prediction / the prior
+(`window.py`), turn the results into a fix with a confidence (`estimate.py`), gate and fuse
+it in a constant-velocity Kalman filter (`kalman.py`), and hand one record to every sink.
+
+The filter always runs, so one run reports both the raw per-frame fix and the filtered estimate
+(and their errors when the source knows the truth); `use_filter` only chooses which of the two
+is the output position. Nothing here grows with the number of frames: counters, running means
+and fixed histograms only (see `metrics.py`). Python 3.8 compatible, never imports torch.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..backends.base import EmbeddingBackend
+from ..bank.bank import SatelliteBank, SearchWindow
+from ..preprocess import preprocess_batch
+from .estimate import EstimatorConfig, Fix, PositionEstimator
+from .geodesy import DISTANCE_METHOD, geodesic_distance_m
+from .kalman import ConstantVelocityKalman, KalmanConfig
+from .metrics import ErrorStats, RunningMeans
+from .sinks import Sink
+from .sources import Frame, FrameSource, SourceLostError
+from .window import SearchWindowPolicy, WindowConfig
+
+LOG = logging.getLogger("meanloc.localize")
+
+TRUTH_POINT = "look-at ground point (image centre)"
+STAGES = ("decode", "preprocess", "embed", "search", "estimate", "filter")
+RECORD_FIELDS = (
+    "t", "frame", "lat", "lon", "fix_lat", "fix_lon", "filt_lat", "filt_lon", "score", "margin", "confidence",
+    "confident", "status", "mahalanobis2", "search", "window_m", "tile", "accuracy_m", "trusted", "altitude_m",
+    "truth_lat", "truth_lon", "error_m", "fix_error_m", "filt_error_m",
+)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    kalman: KalmanConfig = field(default_factory=KalmanConfig)
+    use_filter: bool = True
+    # A fixed prior (lon, lat) for the first window, used until the filter has a state.
+    prior_lonlat: Optional[Tuple[float, float]] = None
+    # Process at most this many frames per second of source time, and drop frames that are more
+    # than one period behind real time (None: process every frame).
+    target_fps: Optional[float] = None
+    # Results fetched per search: enough to usually hold a tile that does not overlap the top-1.
+    search_k: int = 32
+
+
+class RateLimiter:
+    """Decides which frames to process so that the loop holds `target_fps`."""
+
+    def __init__(self, target_fps: float, clock: Callable[[], float]) -> None:
+        self.period = 1.0 / target_fps
+        self._clock = clock
+        self._origin: Optional[Tuple[float, float]] = None  # (wall, source) time of the first frame
+        self._next_t = -math.inf
+
+    def admit(self, t_source: float) -> bool:
+        now = self._clock()
+        if self._origin is None:
+            self._origin = (now, t_source)
+        if t_source < self._next_t:
+            return False  # decimation: not yet a period after the last processed frame
+        lag = (now - self._origin[0]) - (t_source - self._origin[1])
+        if lag > self.period:
+            return False  # stale: processing fell behind the source's clock
+        self._next_t = t_source + self.period * 0.999  # tolerate timestamp jitter
+        return True
+
+
+@dataclass
+class LoopCounters:
+    frames_processed: int = 0
+    frames_nonfinite: int = 0
+    frames_dropped_rate: int = 0
+    fixes_confident: int = 0
+    fixes_accepted: int = 0
+    fixes_rejected: int = 0
+    filter_reinitialisations: int = 0
+    searches_global: int = 0
+    searches_window: int = 0
+
+
+class LocalizationLoop:
+    def __init__(self, backend: EmbeddingBackend, bank: SatelliteBank, config: LoopConfig, sinks: Sequence[Sink],
+                 clock: Callable[[], float] = time.perf_counter, what: str = "bank vs model") -> None:
+        # Same weights, dimension and preprocessing, or embeddings and bank are not comparable.
+        bank.identity.check_compatible(backend.identity, what)
+        self.backend = backend
+        self.bank = bank
+        self.config = config
+        self.sinks = list(sinks)
+        self._clock = clock
+        tiles = bank.tiles
+        self.estimator = PositionEstimator(np.stack([tiles.x, tiles.y], axis=1), tiles.side_m, config.estimator)
+        self.filter = ConstantVelocityKalman(config.kalman)
+        self.window_policy = SearchWindowPolicy(config.window)
+        self.rate = RateLimiter(config.target_fps, clock) if config.target_fps else None
+        self.search_k = max(config.search_k, config.estimator.topk)
+        self.counters = LoopCounters()
+        self.raw_errors = ErrorStats()
+        self.filtered_errors = ErrorStats()
+        self.stage_means = RunningMeans()
+        self.stop_reason = "not started"
+        self._stop_requested = False
+
+    # -- geometry helpers -------------------------------------------------------------------
+    def _to_lonlat(self, xy: Tuple[float, float]) -> Tuple[float, float]:
+        lat, lon = self.bank.frame.to_latlon(xy[0], xy[1])
+        return float(lon), float(lat)
+
+    def _to_xy(self, lonlat: Tuple[float, float]) -> Tuple[float, float]:
+        x, y = self.bank.frame.to_xy(lonlat[1], lonlat[0])
+        return float(x), float(y)
+
+    def _window_centre(self, frame: Frame) -> Optional[Tuple[float, float]]:
+        if self.filter.initialised:
+            return self.filter.position
+        prior = frame.prior_lonlat or self.config.prior_lonlat
+        return self._to_xy(prior) if prior is not None else None
+
+    # -- one frame --------------------------------------------------------------------------
+    def process(self, frame: Frame, decode_s: float = 0.0) -> Optional[Dict[str, Any]]:
+        """Localise one frame; returns its record, or None if the frame had to be skipped."""
+        clock = self._clock
+        timings = {"decode": decode_s}
+        start = clock()
+        # What backend.embed_images does, in two steps so that preprocessing and the network are
+        # timed apart (the overhead budget counts everything but the network).
+        batch = preprocess_batch([frame.image], self.backend.identity.preprocess)
+        after_preprocess = clock()
+        embedding = self.backend.embed(batch)
+        after_embed = clock()
+        timings["preprocess"] = after_preprocess - start
+        timings["embed"] = after_embed - after_preprocess
+        if not np.all(np.isfinite(embedding)):
+            self.counters.frames_nonfinite += 1
+            LOG.warning("frame %d: non-finite embedding, skipped", frame.index)
+            return None
+
+        self.filter.predict(frame.t)
+        window = self.window_policy.choose(frame.t, self._window_centre(frame))
+        scores, indices = self.bank.search(embedding, self.search_k, window=window)
+        margin = None
+        if indices[0, 0] >= 0:
+            margin = self.bank.margin(embedding, scores[0], indices[0], window=window).margin
+        after_search = clock()
+        if window is None:
+            self.counters.searches_global += 1
+        else:
+            self.counters.searches_window += 1
+
+        fix: Optional[Fix] = None
+        if margin is not None:
+            fix = self.estimator.estimate(scores[0], indices[0], margin)
+        self.window_policy.observe(frame.t, fix is not None and fix.confident)
+        after_estimate = clock()
+        status = self._filter_fix(frame, fix)
+        after_filter = clock()
+        timings["search"] = after_search - after_embed
+        timings["estimate"] = after_estimate - after_search
+        timings["filter"] = after_filter - after_estimate
+        self.counters.frames_processed += 1
+        self.stage_means.add(timings)
+        record = self._record(frame, fix, status, window, timings)
+        return record
+
+    def _filter_fix(self, frame: Frame, fix: Optional[Fix]) -> Dict[str, Any]:
+        if fix is None:
+            return {"status": "no_fix", "mahalanobis2": None}
+        if not fix.confident:
+            return {"status": "low_confidence", "mahalanobis2": None}
+        self.counters.fixes_confident += 1
+        result = self.filter.update(fix.xy, frame.t, fix.std_m)
+        d2 = round(result.mahalanobis2, 3)
+        if not result.accepted:
+            self.counters.fixes_rejected += 1
+            LOG.info("frame %d: fix rejected by the gate (Mahalanobis^2 %.1f)", frame.index, d2)
+            return {"status": "rejected", "mahalanobis2": d2}
+        self.counters.fixes_accepted += 1
+        if result.reinitialised and self.counters.fixes_accepted > 1:
+            self.counters.filter_reinitialisations += 1
+            LOG.info("frame %d: filter re-initialised on the fix after repeated rejections", frame.index)
+            return {"status": "reinitialised", "mahalanobis2": d2}
+        return {"status": "accepted", "mahalanobis2": d2}
+
+    def _record(self, frame: Frame, fix: Optional[Fix], status: Dict[str, Any], window: Optional[SearchWindow],
+                timings: Dict[str, float]) -> Dict[str, Any]:
+        record: Dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+        record.update(status)
+        record["t"] = round(frame.t, 4)
+        record["frame"] = frame.index
+        record["search"] = "global" if window is None else "window"
+        record["window_m"] = None if window is None else round(window.radius_m, 1)
+        record["altitude_m"] = frame.altitude_m
+        raw: Optional[Tuple[float, float]] = None
+        if fix is not None:
+            raw = self._to_lonlat(fix.xy)
+            record["fix_lon"], record["fix_lat"] = raw
+            record["tile"] = fix.tile_index
+            record["score"] = round(fix.score, 5)
+            record["margin"] = round(fix.margin, 5) if math.isfinite(fix.margin) else None
+            record["confidence"] = round(fix.confidence, 4)
+            record["confident"] = fix.confident
+        filtered: Optional[Tuple[float, float]] = None
+        if self.filter.initialised:
+            filtered = self._to_lonlat(self.filter.position)
+            record["filt_lon"], record["filt_lat"] = filtered
+        if self.config.use_filter:
+            output = filtered
+            record["accuracy_m"] = round(self.filter.position_std(), 2) if filtered else None
+            # Trust the filter while its uncertainty stays within what a poor single fix would give.
+            record["trusted"] = bool(filtered) and self.filter.position_std() <= self.estimator.max_std_m
+        else:
+            output = raw
+            record["accuracy_m"] = round(fix.std_m, 2) if fix is not None else None
+            record["trusted"] = fix is not None and fix.confident
+        if output is not None:
+            record["lon"], record["lat"] = output
+        if frame.truth_lonlat is not None:
+            truth = frame.truth_lonlat
+            record["truth_lon"], record["truth_lat"] = truth
+            if raw is not None:
+                record["fix_error_m"] = round(geodesic_distance_m(raw[0], raw[1], truth[0], truth[1]), 2)
+                self.raw_errors.add(record["fix_error_m"])
+            if filtered is not None:
+                record["filt_error_m"] = round(geodesic_distance_m(filtered[0], filtered[1], truth[0], truth[1]), 2)
+                self.filtered_errors.add(record["filt_error_m"])
+            record["error_m"] = record["filt_error_m"] if self.config.use_filter else record["fix_error_m"]
+        record["timings_ms"] = {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()}
+        return record
+
+    # -- the run ----------------------------------------------------------------------------
+    def _frames(self, source: FrameSource) -> Iterator[Tuple[Frame, float]]:
+        iterator = iter(source)
+        while True:
+            start = self._clock()
+            try:
+                frame = next(iterator)
+            except StopIteration:
+                return
+            yield frame, self._clock() - start
+
+    def request_stop(self) -> None:
+        """Finish the current frame, then stop (safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    def run(self, source: FrameSource, max_frames: Optional[int] = None) -> Dict[str, Any]:
+        """Process the source until it ends, `max_frames` were processed, `request_stop()` or Ctrl-C;
+        every sink is closed (flushed, files renamed into place) whatever happens. Returns the summary."""
+        self.stop_reason = "source ended"
+        try:
+            for frame, decode_s in self._frames(source):
+                if self._stop_requested:
+                    self.stop_reason = "interrupted"
+                    break
+                if self.rate is not None and not self.rate.admit(frame.t):
+                    self.counters.frames_dropped_rate += 1
+                    continue
+                record = self.process(frame, decode_s)
+                if record is None:
+                    continue
+                start = self._clock()
+                for sink in self.sinks:
+                    sink.write(record)
+                self.stage_means.add({"sinks": self._clock() - start})
+                if max_frames is not None and self.counters.frames_processed >= max_frames:
+                    self.stop_reason = "frame limit reached"
+                    break
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+        except SourceLostError as exc:
+            self.stop_reason = "source lost: {}".format(exc)
+        finally:
+            source.close()
+            self.close_sinks()
+        return self.summary(source)
+
+    def close_sinks(self) -> None:
+        errors: List[str] = []
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close the others regardless; report all
+                errors.append("{}: {}".format(type(sink).__name__, exc))
+        self.sinks = []
+        if errors:
+            LOG.error("closing sinks failed: %s", "; ".join(errors))
+
+    def summary(self, source: FrameSource) -> Dict[str, Any]:
+        means = self.stage_means.means()
+        per_frame = sum(means.get(stage, 0.0) for stage in (*STAGES, "sinks"))
+        result: Dict[str, Any] = {
+            "source": source.description,
+            "stop_reason": self.stop_reason,
+            "output": "filtered" if self.config.use_filter else "raw fix",
+        }
+        result.update(source.stats.to_dict())
+        result.update(vars(self.counters))
+        result["mean_ms"] = {name: round(seconds * 1000.0, 3) for name, seconds in means.items()}
+        if per_frame > 0:
+            result["non_inference_share"] = round(1.0 - means.get("embed", 0.0) / per_frame, 4)
+        if self.raw_errors.n or self.filtered_errors.n:
+            result["truth_point"] = TRUTH_POINT
+            result["distance"] = DISTANCE_METHOD
+            result["error_raw_fix"] = self.raw_errors.summary()
+            result["error_filtered"] = self.filtered_errors.summary()
+        return result

@@ -1,0 +1,220 @@
+"""`meanloc localize`: run the onboard localization loop.
+
+Heavy imports (OpenCV, ONNX Runtime, the bank) happen inside the handler so that `--help` is
+instant; nothing here imports torch. Python 3.8 compatible.
+"""
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from meanloc.errors import MeanlocError
+
+SOURCE_HELP = ("video file, camera index (0), rtsp://... URL, GStreamer pipeline string (contains '!', e.g. the "
+               "Jetson CSI camera: \"nvarguscamerasrc ! ... ! appsink\"), image folder (sorted), or "
+               "synthetic:ORTHO.tif (a flight rendered from a georeferenced orthophoto, with truth and a noisy prior)")
+
+
+def _lat_lon(text: str) -> Tuple[float, float]:
+    try:
+        lat, lon = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected LAT,LON in degrees, e.g. 47.3769,8.5417, got {!r}".format(text)) from None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise argparse.ArgumentTypeError("LAT,LON out of range: {!r}".format(text))
+    return lat, lon
+
+
+def _positive(kind: type):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected a positive number, got {!r}".format(text)) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be > 0, got {!r}".format(text))
+        return value
+
+    return parse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="embedding model: .onnx (ONNX Runtime) or .engine (TensorRT)")
+    parser.add_argument("--bank", required=True, help="satellite embedding bank folder (`meanloc bank build`)")
+    parser.add_argument("--source", required=True, help=SOURCE_HELP)
+    parser.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime or tensorrt")
+    parser.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for ONNX Runtime")
+    parser.add_argument("--search-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the bank search runs (cuda needs CuPy)")
+    parser.add_argument("--frames", type=_positive(int), default=None,
+                        help="stop after this many processed frames (synthetic flights: frames to render, default 100)")
+    parser.add_argument("--prior", type=_lat_lon, default=None, metavar="LAT,LON",
+                        help="initial position prior for the first search window")
+    parser.add_argument("--window-m", type=_positive(float), default=None, metavar="R",
+                        help="search only tiles within R metres of the prior / filter prediction (R grows with the "
+                        "time since the last confident fix); default: global search")
+    parser.add_argument("--window-drift-mps", type=float, default=5.0,
+                        help="window growth per second without a confident fix (m/s)")
+    parser.add_argument("--window-max-m", type=_positive(float), default=3000.0,
+                        help="fall back to a global search once the window reaches this radius")
+    parser.add_argument("--window-max-low-conf", type=_positive(int), default=10,
+                        help="fall back to a global search after this many unconfident frames in a row")
+    parser.add_argument("--topk", type=_positive(int), default=5, help="tiles used by the weighted estimator")
+    parser.add_argument("--estimator", choices=("top1", "weighted"), default="top1",
+                        help="position: top-1 tile centre, or similarity-weighted centres of the top-k adjacent tiles")
+    parser.add_argument("--min-margin", type=float, default=0.02,
+                        help="a fix is confident when top-1 beats the best non-adjacent tile by this cosine margin")
+    parser.add_argument("--no-filter", action="store_true",
+                        help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
+    parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
+                        help="Mahalanobis gate (chi-square, 2 dof; 13.82 = 99.9 %%) for rejecting outlier fixes")
+    parser.add_argument("--reinit-after", type=_positive(int), default=5,
+                        help="re-initialise the filter after this many consecutive rejected fixes (jump recovery)")
+    parser.add_argument("--target-fps", type=_positive(float), default=None,
+                        help="skip frames to hold this processing rate")
+    parser.add_argument("--folder-fps", type=_positive(float), default=1.0,
+                        help="frame rate assumed for image folders (timestamps)")
+    parser.add_argument("--jsonl", default=None, metavar="-|FILE",
+                        help="JSON Lines, one record per frame ('-' = stdout; the default when no sink is given)")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="CSV, one row per frame")
+    parser.add_argument("--geojson", default=None, metavar="FILE", help="GeoJSON track (LineString + points)")
+    parser.add_argument("--mavlink", default=None, metavar="URL",
+                        help="send GPS_INPUT to an autopilot, e.g. udpout:127.0.0.1:14550 (ArduPilot: GPS1_TYPE=14)")
+    parser.add_argument("--summary", default=None, metavar="FILE", help="write the run summary as JSON")
+    flight = parser.add_argument_group("synthetic flights (--source synthetic:ORTHO.tif)")
+    flight.add_argument("--flight-speed", type=_positive(float), default=10.0, help="ground speed (m/s)")
+    flight.add_argument("--flight-altitude", type=_positive(float), default=150.0, help="altitude above ground (m)")
+    flight.add_argument("--flight-pitch", type=float, default=0.0, help="camera pitch from nadir (degrees)")
+    flight.add_argument("--flight-pattern", default="lawnmower", help="flight pattern (see `meanloc data --help`)")
+    flight.add_argument("--flight-seed", type=int, default=0, help="seed of the flight, rendering and prior")
+    flight.add_argument("--prior-drift-mps", type=float, default=2.0, help="dead-reckoning drift of the simulated prior")
+    flight.add_argument("--prior-jump-every", type=int, default=0, help="inject a prior jump every N frames (0: none)")
+    flight.add_argument("--prior-jump-m", type=float, default=300.0, help="size of an injected prior jump (m)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log rejected fixes and filter resets to stderr")
+    parser.set_defaults(handler=run)
+
+
+def _open_sinks(args: argparse.Namespace) -> List[Any]:
+    from .localize.loop import RECORD_FIELDS, STAGES
+    from .localize.sinks import CsvSink, GeoJsonTrackSink, JsonlSink
+
+    sinks: List[Any] = []
+    try:
+        if args.jsonl is not None or not (args.csv or args.geojson or args.mavlink):
+            sinks.append(JsonlSink(args.jsonl or "-"))
+        if args.csv:
+            sinks.append(CsvSink(args.csv, RECORD_FIELDS, STAGES))
+        if args.geojson:
+            sinks.append(GeoJsonTrackSink(args.geojson))
+        if args.mavlink:
+            from .localize.mavlink_sink import MavlinkGpsInputSink
+
+            sinks.append(MavlinkGpsInputSink(args.mavlink))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def _loop_config(args: argparse.Namespace) -> Any:
+    from .localize.estimate import EstimatorConfig
+    from .localize.kalman import KalmanConfig
+    from .localize.loop import LoopConfig
+    from .localize.window import WindowConfig
+
+    return LoopConfig(
+        estimator=EstimatorConfig(method=args.estimator, topk=args.topk, min_margin=args.min_margin),
+        window=WindowConfig(radius_m=args.window_m, drift_mps=args.window_drift_mps, max_radius_m=args.window_max_m,
+                            max_low_confidence=args.window_max_low_conf),
+        kalman=KalmanConfig(gate_chi2=args.gate_chi2, max_rejections=args.reinit_after),
+        use_filter=not args.no_filter,
+        prior_lonlat=(args.prior[1], args.prior[0]) if args.prior else None,
+        target_fps=args.target_fps,
+    )
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """Human-readable lines for stderr (the JSON goes to --summary)."""
+    lines = [
+        "meanloc localize: {} frames processed from {} ({}); {} corrupt, {} non-finite, {} dropped for rate, "
+        "{} reconnects; fixes: {} confident, {} rejected, {} filter resets".format(
+            summary["frames_processed"], summary["source"], summary["stop_reason"], summary["frames_corrupt"],
+            summary["frames_nonfinite"], summary["frames_dropped_rate"], summary["reconnects"],
+            summary["fixes_confident"], summary["fixes_rejected"], summary["filter_reinitialisations"])
+    ]
+    if "error_raw_fix" in summary:
+        lines.append("errors vs the {}, {}:".format(summary["truth_point"], summary["distance"]))
+        lines.append("| estimate | frames | median m | p90 m | <= 25 m | <= 50 m |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, key in (("raw fix (no filter)", "error_raw_fix"), ("Kalman filter", "error_filtered")):
+            stats = summary[key]
+
+            def fmt(value: Optional[float], pattern: str) -> str:
+                return "-" if value is None else pattern.format(value)
+
+            lines.append("| {} | {} | {} | {} | {} | {} |".format(
+                name, stats["frames"], fmt(stats["median_m"], "{:.1f}"), fmt(stats["p90_m"], "{:.1f}"),
+                fmt(stats["within_25m"], "{:.1%}"), fmt(stats["within_50m"], "{:.1%}")))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(loop: Any) -> Iterator[None]:
+    """First Ctrl-C: finish the current frame so every sink gets whole records, then stop.
+    A second Ctrl-C interrupts at once (the loop still closes its sinks)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, previous)
+        loop.request_stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .artifacts import atomic_write_json
+    from .backends import open_backend
+    from .bank.bank import SatelliteBank
+    from .localize.loop import LocalizationLoop
+    from .localize.sources import ReconnectPolicy, open_source
+    from .localize.synthetic import SyntheticFlightOptions
+
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    backend = open_backend(args.model, backend=args.backend, threads=args.threads)
+    try:
+        bank = SatelliteBank.open(args.bank, device=args.search_device)
+        synthetic = SyntheticFlightOptions(
+            frames=args.frames or 100, speed_mps=args.flight_speed, altitude_m=args.flight_altitude,
+            pitch_deg=args.flight_pitch, pattern=args.flight_pattern, seed=args.flight_seed,
+            prior_drift_mps=args.prior_drift_mps, prior_jump_every=args.prior_jump_every,
+            prior_jump_m=args.prior_jump_m)
+        source = open_source(args.source, synthetic=synthetic, folder_period_s=1.0 / args.folder_fps,
+                             reconnect=ReconnectPolicy())
+        loop = LocalizationLoop(backend, bank, _loop_config(args), [],
+                                what="bank {} vs model {}".format(args.bank, args.model))
+        loop.sinks = _open_sinks(args)
+        with _stop_on_sigint(loop):
+            summary = loop.run(source, max_frames=args.frames)
+    finally:
+        backend.close()
+    summary["model"] = args.model
+    summary["bank"] = args.bank
+    if args.summary:
+        atomic_write_json(args.summary, summary)
+    print(format_summary(summary), file=sys.stderr)
+    if summary["stop_reason"] == "interrupted":
+        return 130
+    if summary["stop_reason"].startswith("source lost"):
+        raise MeanlocError(summary["stop_reason"])
+    if summary["frames_processed"] == 0:
+        raise MeanlocError("no frame could be processed from {} ({} corrupt, {} non-finite embeddings)".format(
+            summary["source"], summary["frames_corrupt"], summary["frames_nonfinite"]))
+    return 0

@@ -1,0 +1,1 @@
+"""Latency profiling: stage timers, statistics, Jetson telemetry and reports."""

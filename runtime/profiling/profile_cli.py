@@ -1,0 +1,124 @@
+"""`meanloc profile`: latency of any backend or engine, per stage, with Jetson telemetry."""
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="model to profile: .engine (TensorRT), .onnx (ONNX Runtime) or a checkpoint "
+                        "(PyTorch reference); repeat to compare several side by side, interleaved")
+    parser.add_argument("--engine", action="append", default=[], metavar="PATH",
+                        help="TensorRT engine to profile (same as --model X.engine)")
+    parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default auto)")
+    parser.add_argument("--providers", default=None,
+                        help="ONNX Runtime execution providers, comma-separated: cpu,cuda,tensorrt")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all)")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes to sweep (default 1)")
+    parser.add_argument("--warmup", type=int, default=20, help="warm-up iterations per target and batch (default 20)")
+    parser.add_argument("--iterations", type=int, default=200, help="timed iterations (default 200)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="time each batch size for this many seconds instead of a fixed iteration count")
+    parser.add_argument("--min-iterations", type=int, default=50,
+                        help="refuse reports with fewer timed iterations (default 50)")
+    parser.add_argument("--bank", default=None, help="satellite bank folder for the search stage")
+    parser.add_argument("--bank-size", type=int, default=10000,
+                        help="without --bank: size of a random in-memory bank for the search stage (0 = skip)")
+    parser.add_argument("--topk", type=int, default=5, help="top-k of the search stage (default 5)")
+    parser.add_argument("--no-telemetry", action="store_true", help="do not sample tegrastats/jtop")
+    parser.add_argument("--out", default="profile-report", help="output folder for JSON, Markdown and PNG plots")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from meanloc.errors import MeanlocError
+
+    from ..backends import open_backend
+    from ..bank.search import ExactSearcher
+    from ..localize.kalman import ConstantVelocityKalman
+    from .profiler import ProfileTarget, profile
+    from .report import markdown_table, write_report
+    from .tegrastats import TegrastatsSampler, energy_per_inference_mj, read_power_mode
+
+    paths = list(args.model) + list(args.engine)
+    if not paths:
+        raise MeanlocError("nothing to profile: pass --model PATH (or --engine X.engine)")
+    try:
+        batch_sizes = [int(b) for b in args.batch.split(",") if b.strip()]
+    except ValueError:
+        raise MeanlocError("--batch must be comma-separated integers, got {!r}".format(args.batch)) from None
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise MeanlocError("--batch sizes must be >= 1")
+    providers = args.providers.split(",") if args.providers else None
+
+    targets = []
+    for path in paths:
+        backend = open_backend(path, backend=args.backend, providers=providers, threads=args.threads,
+                               max_batch=max(batch_sizes))
+        targets.append(ProfileTarget("{} [{}, {}]".format(path.split("/")[-1], backend.name,
+                                                          backend.identity.precision), backend))
+    dims = {t.backend.embed_dim for t in targets}
+
+    search = None
+    if args.bank:
+        from ..bank import SatelliteBank
+
+        bank = SatelliteBank.open(args.bank)
+        search = lambda q: bank.search(q, args.topk)  # noqa: E731
+    elif args.bank_size > 0 and len(dims) == 1:
+        rng = np.random.default_rng(0)
+        random_bank = rng.standard_normal((args.bank_size, dims.pop())).astype(np.float16)
+        searcher = ExactSearcher(random_bank)
+        search = lambda q: searcher.search(q, args.topk)  # noqa: E731
+    kalman = ConstantVelocityKalman()
+    clock = [0.0]
+
+    def filter_step(_embeddings: np.ndarray) -> None:
+        # One predict + gated update per frame, as the localization loop does.
+        clock[0] += 1.0
+        if kalman.initialised:
+            kalman.predict(clock[0])
+        else:
+            kalman.reset((0.0, 0.0), clock[0], 50.0)
+        kalman.update((1.0, 1.0), clock[0], 30.0)
+
+    notes = []
+    sampler = TegrastatsSampler()
+    if args.no_telemetry:
+        notes.append("telemetry disabled (--no-telemetry)")
+    elif not sampler.available:
+        line = "no tegrastats on this machine: power, clocks and temperatures not recorded"
+        print("meanloc profile: " + line, file=sys.stderr)
+        notes.append(line)
+    power_mode = read_power_mode()
+    if sampler.available and not args.no_telemetry:
+        sampler.start()
+    started = time.monotonic()
+    try:
+        report = profile(targets, batch_sizes, warmup=args.warmup,
+                         iterations=None if args.duration else args.iterations, duration_s=args.duration,
+                         min_iterations=args.min_iterations, search=search, filter_step=filter_step)
+    finally:
+        samples = sampler.stop() if sampler.available and not args.no_telemetry else []
+        for target in targets:
+            target.backend.close()
+    wall = time.monotonic() - started
+    inferences = sum(r["iterations"] * r["batch_size"] for r in report["results"])
+    report["telemetry"] = {
+        "power_mode": power_mode,
+        "tegrastats_samples": len(samples),
+        "energy": energy_per_inference_mj(samples, wall, inferences) if samples else None,
+        "note": "energy = mean module power x wall time / inferences over the whole run (idle not subtracted)",
+    }
+    report["notes"] = notes + [
+        "profiler overhead = cost of its own clock reads per iteration, reported per target",
+        "targets were run interleaved, one iteration each per round",
+    ]
+    written = write_report(report, args.out)
+    print(markdown_table(report))
+    print("wrote " + ", ".join(written))
+    return 0

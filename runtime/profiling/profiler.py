@@ -1,0 +1,174 @@
+"""The profiling procedure: warm-up, then timed iterations of every pipeline stage.
+
+Stages per iteration: decode (JPEG bytes -> BGR), preprocess, H2D / inference / D2H (split by
+the backend's CUDA events where it has them, else one "inference" stage), bank search and
+filter. CPU stages are timed with `perf_counter_ns`. In compare mode the targets run
+interleaved, one iteration each per round, so clock or thermal drift affects all alike.
+Python 3.8 compatible; never imports torch.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from meanloc.errors import MeanlocError
+
+from ..backends.base import EmbeddingBackend
+from ..preprocess import preprocess_batch
+from .stats import LatencyStats
+
+STAGES = ("decode", "preprocess", "h2d", "inference", "d2h", "search", "filter")
+DEFAULT_MIN_ITERATIONS = 50
+
+SearchFn = Callable[[np.ndarray], Any]
+FilterFn = Callable[[np.ndarray], Any]
+
+
+@dataclass
+class ProfileTarget:
+    label: str
+    backend: EmbeddingBackend
+
+
+def synthetic_jpeg_frames(count: int, width: int = 640, height: int = 480, seed: int = 0) -> List[bytes]:
+    """Camera-sized JPEG frames with aerial-like texture, so decode costs what a real frame costs."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        noise = rng.integers(0, 256, size=(height // 8, width // 8, 3), dtype=np.uint8)
+        image = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+        ok, encoded = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), 90])
+        if not ok:
+            raise MeanlocError("OpenCV could not encode a JPEG test frame")
+        frames.append(encoded.tobytes())
+    return frames
+
+
+class _Timeline:
+    """Seconds per stage for one iteration."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    def add(self, stage: str, start_ns: int, end_ns: int) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (end_ns - start_ns) * 1e-9
+
+
+def run_iteration(
+    backend: EmbeddingBackend,
+    frames: Sequence[bytes],
+    search: Optional[SearchFn],
+    filter_step: Optional[FilterFn],
+) -> Dict[str, float]:
+    import cv2
+
+    clock = time.perf_counter_ns
+    timeline = _Timeline()
+    t0 = clock()
+    images = [cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) for data in frames]
+    t1 = clock()
+    batch = preprocess_batch(images, backend.identity.preprocess)
+    t2 = clock()
+    embeddings = backend.embed(batch)
+    t3 = clock()
+    timeline.add("decode", t0, t1)
+    timeline.add("preprocess", t1, t2)
+    device_split = backend.stage_timings()
+    if device_split:
+        # The backend measured H2D/compute/D2H with CUDA events; keep host overhead in "inference".
+        device_total = sum(device_split.values())
+        timeline.seconds.update(device_split)
+        timeline.seconds["inference"] = max(0.0, (t3 - t2) * 1e-9 - device_total) + device_split.get("inference", 0.0)
+    else:
+        timeline.add("inference", t2, t3)
+    if search is not None:
+        t4 = clock()
+        search(embeddings)
+        timeline.add("search", t4, clock())
+    if filter_step is not None:
+        t5 = clock()
+        filter_step(embeddings)
+        timeline.add("filter", t5, clock())
+    timeline.seconds["total"] = (clock() - t0) * 1e-9
+    return timeline.seconds
+
+
+def measure_timer_overhead_s(stages: int, repeats: int = 20000) -> float:
+    """Cost of the instrumentation itself per iteration: `stages` pairs of clock reads."""
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(repeats):
+        for _ in range(stages):
+            clock()
+            clock()
+    return (clock() - start) * 1e-9 / repeats
+
+
+def profile(
+    targets: Sequence[ProfileTarget],
+    batch_sizes: Sequence[int] = (1,),
+    warmup: int = 20,
+    iterations: Optional[int] = 200,
+    duration_s: Optional[float] = None,
+    min_iterations: int = DEFAULT_MIN_ITERATIONS,
+    search: Optional[SearchFn] = None,
+    filter_step: Optional[FilterFn] = None,
+    frames: Optional[Sequence[bytes]] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Any]:
+    """Profile every target at every batch size; returns the report dict (see `report.py`)."""
+    if iterations is not None and iterations < min_iterations:
+        raise MeanlocError(
+            "refusing to profile with {} iterations: fewer than the minimum {} gives unreliable "
+            "percentiles (use --iterations >= {} or lower --min-iterations knowingly)".format(
+                iterations, min_iterations, min_iterations
+            )
+        )
+    frames = list(frames) if frames is not None else synthetic_jpeg_frames(max(batch_sizes))
+    results: List[Dict[str, Any]] = []
+    for batch_size in batch_sizes:
+        batch_frames = [frames[i % len(frames)] for i in range(batch_size)]
+        for target in targets:
+            for _ in range(warmup):
+                run_iteration(target.backend, batch_frames, search, filter_step)
+        samples: Dict[str, List[Dict[str, float]]] = {t.label: [] for t in targets}
+        deadline = time.monotonic() + duration_s if duration_s else None
+        done = 0
+        while True:
+            for target in targets:  # interleaved: drift hits every target alike
+                samples[target.label].append(run_iteration(target.backend, batch_frames, search, filter_step))
+            done += 1
+            if progress:
+                progress(1)
+            if deadline is not None:
+                if time.monotonic() >= deadline and done >= min_iterations:
+                    break
+            elif done >= (iterations or 0):
+                break
+        overhead_s = measure_timer_overhead_s(len(STAGES))
+        for target in targets:
+            results.append(_summarise(target, batch_size, samples[target.label], overhead_s))
+    return {"results": results, "stages": list(STAGES), "timer": "time.perf_counter_ns (CPU); CUDA events (GPU)"}
+
+
+def _summarise(target: ProfileTarget, batch_size: int, samples: List[Dict[str, float]], overhead_s: float) -> Dict[str, Any]:
+    stage_stats = {}
+    for stage in STAGES + ("total",):
+        values = [sample[stage] for sample in samples if stage in sample]
+        if values:
+            stage_stats[stage] = LatencyStats.from_seconds(values, batch_size).to_dict()
+    inference_mean_s = stage_stats["inference"]["mean_ms"] / 1e3
+    return {
+        "label": target.label,
+        "backend": target.backend.describe(),
+        "batch_size": batch_size,
+        "iterations": len(samples),
+        "stages": stage_stats,
+        "total_samples_ms": [sample["total"] * 1e3 for sample in samples],
+        "profiler_overhead_ms": overhead_s * 1e3,
+        "profiler_overhead_pct_of_inference": 100.0 * overhead_s / inference_mean_s if inference_mean_s > 0 else None,
+    }

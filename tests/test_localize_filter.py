@@ -1,0 +1,100 @@
+"""Kalman filter (gating, jump recovery), search window policy, position estimate, error stats."""
+
+import numpy as np
+import pytest
+
+from meanloc.runtime.localize.estimate import EstimatorConfig, PositionEstimator
+from meanloc.runtime.localize.kalman import ConstantVelocityKalman, KalmanConfig
+from meanloc.runtime.localize.metrics import ErrorStats
+from meanloc.runtime.localize.window import SearchWindowPolicy, WindowConfig
+
+NOISE_M = 5.0
+VELOCITY = np.array([8.0, -3.0])
+
+
+def _truth(t: float) -> np.ndarray:
+    return np.array([100.0, 50.0]) + VELOCITY * t
+
+
+def test_filter_smooths_a_constant_velocity_track_and_rejects_outliers():
+    rng = np.random.RandomState(0)
+    kf = ConstantVelocityKalman(KalmanConfig(accel_std=0.5))
+    outliers = {20, 35, 36}
+    raw_err, filt_err, rejected = [], [], []
+    for i in range(60):
+        t = float(i)
+        fix = _truth(t) + rng.normal(0.0, NOISE_M, 2)
+        if i in outliers:
+            fix = _truth(t) + np.array([400.0, -250.0])
+        result = kf.update((fix[0], fix[1]), t, NOISE_M)
+        if not result.accepted:
+            rejected.append(i)
+        if i >= 10 and i not in outliers:
+            raw_err.append(np.hypot(*(fix - _truth(t))))
+            filt_err.append(np.hypot(*(np.array(kf.position) - _truth(t))))
+    assert rejected == sorted(outliers)
+    assert np.sqrt(np.mean(np.square(filt_err))) < 0.8 * np.sqrt(np.mean(np.square(raw_err)))
+    assert np.allclose(kf.velocity, VELOCITY, atol=1.5)
+
+
+def test_filter_recovers_after_a_jump_by_reinitialising():
+    rng = np.random.RandomState(1)
+    config = KalmanConfig(accel_std=0.5, max_rejections=4)
+    kf = ConstantVelocityKalman(config)
+    jump = np.array([600.0, 300.0])
+    reinitialised_at = None
+    for i in range(50):
+        t = float(i)
+        truth = _truth(t) + (jump if i >= 30 else 0.0)
+        result = kf.update(tuple(truth + rng.normal(0.0, NOISE_M, 2)), t, NOISE_M)
+        if 30 <= i < 30 + config.max_rejections - 1:
+            assert not result.accepted  # the first post-jump fixes look like outliers
+        if result.reinitialised and i > 0:
+            reinitialised_at = i
+    assert reinitialised_at == 30 + config.max_rejections - 1
+    assert np.hypot(*(np.array(kf.position) - (_truth(49.0) + jump))) < 3 * NOISE_M
+
+
+def test_window_grows_without_fixes_and_falls_back_to_global():
+    policy = SearchWindowPolicy(WindowConfig(radius_m=200.0, drift_mps=10.0, max_radius_m=500.0, max_low_confidence=3))
+    assert policy.choose(0.0, None) is None  # nothing to centre on
+    assert policy.choose(0.0, (1.0, 2.0)).radius_m == pytest.approx(200.0)
+    policy.observe(0.0, True)
+    assert policy.choose(10.0, (0.0, 0.0)).radius_m == pytest.approx(300.0)
+    assert policy.choose(31.0, (0.0, 0.0)) is None  # R would reach R_max
+    policy.observe(12.0, True)
+    for t in (13.0, 14.0, 15.0):
+        assert policy.choose(t, (0.0, 0.0)) is not None
+        policy.observe(t, False)
+    assert policy.choose(16.0, (0.0, 0.0)) is None  # N unconfident frames in a row
+    policy.observe(16.0, True)
+    assert policy.choose(17.0, (0.0, 0.0)).radius_m == pytest.approx(210.0)
+
+
+def test_weighted_estimate_interpolates_between_adjacent_tiles_only():
+    xy = np.array([[0.0, 0.0], [50.0, 0.0], [1000.0, 0.0], [0.0, 50.0]])
+    sides = np.full(4, 100.0)
+    scores = np.array([0.90, 0.90, 0.89, 0.10], dtype=np.float32)
+    indices = np.array([0, 1, 2, 3])
+    weighted = PositionEstimator(xy, sides, EstimatorConfig(method="weighted", topk=3)).estimate(scores, indices, 0.01)
+    top1 = PositionEstimator(xy, sides, EstimatorConfig(method="top1")).estimate(scores, indices, 0.01)
+    assert top1.xy == (0.0, 0.0)
+    # Tile 2 is far away (not adjacent): it must not pull the estimate; tile 3 has a tiny weight.
+    assert weighted.xy[0] == pytest.approx(25.0, abs=0.5)
+    assert 0.0 <= weighted.xy[1] < 1.0
+    assert not weighted.confident  # margin 0.01 < min_margin
+    sure = PositionEstimator(xy, sides, EstimatorConfig()).estimate(scores, indices, 0.2)
+    assert sure.confident and sure.confidence == 1.0 and sure.std_m < weighted.std_m
+
+
+def test_error_stats_match_numpy_within_the_bin_width():
+    errors = np.random.RandomState(2).gamma(2.0, 20.0, size=5000)
+    stats = ErrorStats(bin_m=0.25)
+    for value in errors:
+        stats.add(float(value))
+    summary = stats.summary()
+    assert summary["median_m"] == pytest.approx(np.median(errors), abs=0.25)
+    assert summary["p90_m"] == pytest.approx(np.percentile(errors, 90), abs=0.25)
+    assert summary["within_25m"] == pytest.approx(np.mean(errors <= 25.0))
+    assert summary["within_50m"] == pytest.approx(np.mean(errors <= 50.0))
+    assert ErrorStats().summary()["median_m"] is None

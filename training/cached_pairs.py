@@ -1,0 +1,82 @@
+"""Training pairs decoded once into RAM, batched and augmented with vectorised torch ops.
+
+On a 2-core CPU, JPEG decoding plus per-image albumentations costs about as much as the small
+network's forward/backward, so the demo decodes and resizes every image once (with the project's
+single resize definition, `meanloc.runtime.preprocess.resize_bgr`) and keeps uint8 RGB tensors.
+Each batch is then an index gather plus cheap augmentations that draw from torch's global RNG,
+so a restored RNG state reproduces them exactly (`--resume`).
+
+Augmentations (a reduced form of shared/docs/mean-model.md §6.3): the pair-level joint horizontal
+flip (p=0.5), satellite-only RandomRotate90 (p=1), and per-image brightness/contrast jitter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from meanloc.errors import MeanlocError
+from meanloc.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image_bgr, resize_bgr
+
+
+def decode_images(paths: Sequence[str], size: int, progress: bool = False) -> torch.Tensor:
+    """(N, 3, size, size) uint8 RGB; a corrupt file is a one-line error naming it."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for index, path in enumerate(tqdm(paths, desc="decoding images", disable=not progress, leave=False)):
+        try:
+            image = read_image_bgr(path)
+        except Exception as exc:  # OpenCV and the reader raise various types for bad files
+            raise MeanlocError(f"cannot read training image {path}: {exc}") from None
+        rgb = np.ascontiguousarray(resize_bgr(image, size)[:, :, ::-1].transpose(2, 0, 1))
+        out[index] = torch.from_numpy(rgb)
+    return out
+
+
+class CachedPairs:
+    """pairs = [(sat_path, drone_path, class_index), ...] held as decoded uint8 tensors."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str, int]], size: int, augment: bool, progress: bool = False) -> None:
+        if not pairs:
+            raise MeanlocError("no training pairs to cache")
+        sat_paths = sorted({sat for sat, _, _ in pairs})
+        sat_index = {path: i for i, path in enumerate(sat_paths)}
+        self.satellite = decode_images(sat_paths, size, progress)  # one per class: shared by its pairs
+        self.drone = decode_images([drone for _, drone, _ in pairs], size, progress)
+        self.sat_of_pair = torch.tensor([sat_index[sat] for sat, _, _ in pairs])
+        self.labels = torch.tensor([label for _, _, label in pairs])
+        self.augment = augment
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(satellite, drone) float32 NCHW normalised, and the class labels."""
+        index = torch.as_tensor(list(indices))
+        sat = self.satellite[self.sat_of_pair[index]].float()
+        drone = self.drone[index].float()
+        if self.augment:
+            sat, drone = self._augment(sat, drone)
+        return (sat - self.mean) / self.std, (drone - self.mean) / self.std, self.labels[index]
+
+    def _augment(self, sat: torch.Tensor, drone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = sat.shape[0]
+        flip = torch.rand(count) < 0.5  # one decision per pair: both views flip together
+        sat = torch.where(flip.view(-1, 1, 1, 1), sat.flip(-1), sat)
+        drone = torch.where(flip.view(-1, 1, 1, 1), drone.flip(-1), drone)
+        turns = torch.randint(0, 4, (count,))  # satellite only, as the reference
+        sat = torch.stack([torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(sat, turns)])
+        return _jitter(sat), _jitter(drone)
+
+
+def _jitter(images: torch.Tensor, brightness: float = 0.15, contrast: float = 0.3) -> torch.Tensor:
+    count = images.shape[0]
+    gain = 1 + (torch.rand(count, 1, 1, 1) * 2 - 1) * brightness
+    contrast_gain = 1 + (torch.rand(count, 1, 1, 1) * 2 - 1) * contrast
+    images = images * gain
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return ((images - mean) * contrast_gain + mean).clamp(0, 255)

@@ -1,0 +1,204 @@
+"""Training configuration: one dataclass, filled from (lowest to highest precedence)
+field defaults < the dataset's recipe < a YAML file < command-line options.
+
+The recipe of the real datasets is the reference's (shared/docs/mean-model.md §6.1); the
+synthetic recipe is ours, tuned for the demo's 10-minute, 2-core budget. Unknown keys (a typo in
+the YAML or an override) are refused with a one-line error and a suggestion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meanloc.errors import MeanlocError
+
+DATASETS = ("university", "sues200", "synthetic")
+SUES_ALTITUDES = (150, 200, 250, 300)
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # --- data ------------------------------------------------------------------------------------
+    dataset: str = _opt("synthetic", "recipe and reader: university, sues200 or synthetic (University-1652 layout)")
+    data_root: str = _opt("", "dataset root (the folder holding train/, and val/ or test/)")
+    altitude: int | None = _opt(None, "SUES-200 altitude in metres (150, 200, 250 or 300); one run per altitude")
+    cache_images: bool = _opt(False, "decode and resize every training image once into RAM (fast on few CPU cores)")
+    augment: bool = _opt(True, "reference augmentations (joint flip, colour jitter, blur, dropout, satellite RandomRotate90)")
+    num_workers: int = _opt(0, "DataLoader worker processes")
+    # --- model -----------------------------------------------------------------------------------
+    preset: str = _opt("mean-paper", "model preset (mean-paper, mean-small, mean-nano)")
+    img_size: int | None = _opt(None, "input side in pixels (default: the preset's)")
+    num_classes: int | None = _opt(None, "classifier outputs (default: the number of training classes; SUES-200: 150 as the reference)")
+    pretrained: str = _opt("", "ImageNet ConvNeXt weights (FAIR or timm layout, local file) for the backbone")
+    fat_double_softmax: bool = _opt(True, "reference quirk: softmax FAT's output a second time (near-uniform weights)")
+    # --- losses (None = the dataset's default weights) --------------------------------------------
+    weight_infonce: float | None = _opt(None, "InfoNCE weight λ2 (University/SUES 1.0)")
+    weight_ce: float | None = _opt(None, "3-head cross-entropy weight λ3 (University/SUES 0.1)")
+    weight_cda: float | None = _opt(None, "CDA alignment weight λ1 (University 1.3, SUES 0.75)")
+    label_smoothing: float = _opt(0.1, "InfoNCE label smoothing")
+    max_logit_scale: float | None = _opt(None, "clamp exp(logit_scale) at this value (reference: no clamp)")
+    cda_duplicate_mse: bool = _opt(True, "reference quirk: the CDA 'mse' term repeats the cosine term, L = 2(1-cos)")
+    # --- optimisation ----------------------------------------------------------------------------
+    epochs: int = _opt(2, "training epochs")
+    batch_size: int = _opt(64, "global batch in pairs (split across DDP processes)")
+    lr: float = _opt(1e-3, "AdamW peak learning rate")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    single_param_group: bool = _opt(True, "reference: decay every parameter incl. norms, biases and logit_scale")
+    warmup_ratio: float = _opt(0.1, "linear warmup length as a fraction of all steps")
+    grad_clip_value: float = _opt(100.0, "clip gradients by value after unscaling (0 = off)")
+    amp: bool = _opt(True, "mixed precision + GradScaler (CUDA only; ignored on CPU)")
+    grad_scaler_init: float = _opt(2.0**10, "GradScaler initial scale")
+    sync_bn: bool = _opt(False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
+    max_minutes: float | None = _opt(None, "stop after this wall-clock budget; the schedule spans the budget")
+    max_steps: int | None = _opt(None, "stop after this many optimiser steps (the schedule spans them)")
+    # --- reproducibility, logging, selection -------------------------------------------------------
+    seed: int = _opt(1, "seed for Python, NumPy, torch and the batch sampler")
+    deterministic: bool = _opt(True, "torch.use_deterministic_algorithms on CPU")
+    device: str = _opt("auto", "auto, cpu or cuda")
+    threads: int | None = _opt(None, "torch intra-op threads (default: torch's choice)")
+    out_dir: str = _opt("runs/train", "output folder: checkpoints, metrics.jsonl, config.yaml")
+    resume: str = _opt("", "continue exactly from this checkpoint (model, optimiser, schedule, sampler, RNG)")
+    checkpoint_every: int = _opt(0, "also save last.pt every N steps (0 = only at epoch ends)")
+    selection: str = _opt("val", "best.pt by validation R@1 ('val') or the last epoch ('last'); never test")
+    val_split: str = _opt("val", "split folder used for model selection")
+    eval_batch_size: int = _opt(128, "batch size for validation embedding")
+    log_every: int = _opt(10, "steps between metrics.jsonl lines")
+    tensorboard: bool = _opt(False, "also log to TensorBoard (if installed)")
+    progress: bool = _opt(True, "tqdm progress bar on rank 0")
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise MeanlocError(f"unknown dataset '{self.dataset}'{_hint(self.dataset, DATASETS)}; choose from {', '.join(DATASETS)}")
+        if not self.data_root:
+            raise MeanlocError("no dataset root given (--data-root or data_root in the YAML)")
+        if self.dataset == "sues200" and self.altitude not in SUES_ALTITUDES:
+            raise MeanlocError(f"SUES-200 needs --altitude in {SUES_ALTITUDES}, got {self.altitude}")
+        if self.selection not in ("val", "last"):
+            raise MeanlocError(f"selection must be 'val' or 'last' (test-set selection is not offered), got '{self.selection}'")
+        if self.val_split == "test":
+            raise MeanlocError("model selection on the test split is refused: use a validation split or --selection last")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise MeanlocError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise MeanlocError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MeanlocError(f"device must be auto, cpu or cuda, got '{self.device}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The reference recipes (mean-model.md §6.1) and the demo's.
+RECIPES: dict[str, dict[str, Any]] = {
+    # mean-paper runs at 384 px; the img_size default comes from whichever preset is chosen.
+    "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
+    "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
+    # Tuned for 2 CPU cores and a 10-minute budget (see the H-train report): small net, images
+    # decoded once into RAM, InfoNCE only, a hotter lr, clamped temperature.
+    "synthetic": {
+        "preset": "mean-small", "epochs": 100, "batch_size": 64, "cache_images": True, "max_minutes": 10.0,
+        "lr": 2e-3, "weight_ce": 0.0, "weight_cda": 0.0, "max_logit_scale": 100.0, "selection": "last",
+    },
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _hint(key: str, choices) -> str:
+    match = difflib.get_close_matches(key, sorted(choices), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def check_keys(values: dict[str, Any], what: str) -> None:
+    for key in values:
+        if key not in FIELDS:
+            raise MeanlocError(f"{what}: unknown key '{key}'{_hint(key, FIELDS)}")
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeanlocError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MeanlocError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise MeanlocError(f"{path} must hold a mapping of option: value")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    check_keys(values, str(path))
+    return values
+
+
+def build_config(yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults < recipe(dataset) < YAML < CLI; then type-checked and validated."""
+    yaml_values, cli_values = dict(yaml_values or {}), dict(cli_values or {})
+    check_keys(yaml_values, "config")
+    check_keys(cli_values, "option")
+    dataset = cli_values.get("dataset") or yaml_values.get("dataset") or TrainConfig.dataset
+    if dataset not in RECIPES:
+        raise MeanlocError(f"unknown dataset '{dataset}'{_hint(dataset, DATASETS)}; choose from {', '.join(DATASETS)}")
+    merged = {**RECIPES[dataset], **yaml_values, **cli_values}
+    config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    config.validate()
+    return config
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a YAML/CLI value against the field's annotation (int/float/bool/str, optional None)."""
+    kinds = _field_types(key)
+    if value is None:
+        if type(None) in kinds:
+            return None
+        raise MeanlocError(f"option '{key}' cannot be empty")
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        raise MeanlocError(f"option '{key}' must be true or false, got {value!r}")
+    for kind in (int, float, str):
+        if kind in kinds:
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return value
+    names = "/".join(k.__name__ for k in kinds if k is not type(None))
+    raise MeanlocError(f"option '{key}' must be {names}, got {value!r}")
+
+
+def _field_types(key: str) -> tuple[type, ...]:
+    annotation = typing.get_type_hints(TrainConfig)[key]
+    if isinstance(annotation, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--option-name` per field, default None (= not given, so YAML/recipe values stay)."""
+    for name, spec in FIELDS.items():
+        kinds = _field_types(name)
+        flag = "--" + name.replace("_", "-")
+        help_text = spec.metadata["help"]
+        if bool in kinds:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = next(k for k in kinds if k is not type(None))
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}

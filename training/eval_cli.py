@@ -1,0 +1,117 @@
+"""`meanloc eval`: Recall@K / Recall@top1% / AP of a checkpoint or an ONNX model on a dataset split.
+
+torch, OpenCV and ONNX Runtime are imported inside the handler so `--help` stays instant.
+"""
+
+import argparse
+
+from meanloc.errors import MeanlocError
+
+DATASET_CHOICES = ("university", "synthetic", "sues200")
+DIRECTION_CHOICES = {"both": ("d2s", "s2d"), "d2s": ("d2s",), "s2d": ("s2d",)}
+PROTOCOL_CHOICES = {
+    "both": ("full", "junk_distractors"),
+    "full": ("full",),
+    "junk_distractors": ("junk_distractors",),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add `meanloc eval`'s options."""
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--checkpoint", help="MEAN checkpoint (meanloc format or official MEAN), run with PyTorch"
+    )
+    model.add_argument("--onnx", help="exported ONNX model, run with ONNX Runtime")
+    parser.add_argument(
+        "--data", required=True, help="dataset root (University-1652 layout, or SUES-200 raw/split)"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_CHOICES,
+        default="university",
+        help="dataset layout; 'synthetic' is meanloc's generator output (University-1652 layout). Default: university",
+    )
+    parser.add_argument("--altitude", help="SUES-200 flight altitude: 150, 200, 250 or 300 (SUES-200 only)")
+    parser.add_argument(
+        "--direction",
+        choices=tuple(DIRECTION_CHOICES),
+        default="both",
+        help="d2s = drone query vs satellite gallery, s2d = the reverse, or both (default)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOL_CHOICES),
+        default="both",
+        help="gallery convention: full (distractors ranked), junk_distractors (MEAN/Sample4Geo), or both (default)",
+    )
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test", help="evaluation split (default: test)"
+    )
+    parser.add_argument(
+        "--flip-tta", action="store_true", help="add the horizontally flipped image's embedding"
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    parser.add_argument(
+        "--device", default=None, help="torch device for --checkpoint (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--out", default="eval_report.json", help="JSON report path; a .md table is written next to it"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(handler=run)
+
+
+def _open_model(args: argparse.Namespace) -> tuple[object, dict, object]:
+    """(model or backend, identity dict, device) for --checkpoint or --onnx."""
+    if args.checkpoint:
+        import torch
+
+        from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
+
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loaded = load_checkpoint(args.checkpoint)
+        loaded.model.to(device)
+        identity = {"checkpoint": args.checkpoint, **checkpoint_identity(loaded).to_dict()}
+        return loaded.model, identity, device
+    from meanloc.runtime.backends import open_backend
+
+    return open_backend(args.onnx), {"onnx": args.onnx}, None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, write the JSON report and its Markdown table, print the table."""
+    from meanloc.training.data.splits import load_eval_split
+    from meanloc.training.evaluate import evaluate_model, format_report_table, write_report
+
+    if args.batch_size < 1 or args.workers < 1:
+        raise MeanlocError("--batch-size and --workers must be >= 1")
+    # List the data before loading the model, so bad paths or names fail in a fraction of a second.
+    for direction in DIRECTION_CHOICES[args.direction]:
+        load_eval_split(args.data, args.dataset, direction, args.split, args.altitude)
+    model, identity, device = _open_model(args)
+    try:
+        report = evaluate_model(
+            model,
+            args.data,
+            dataset=args.dataset,
+            directions=DIRECTION_CHOICES[args.direction],
+            protocols=PROTOCOL_CHOICES[args.protocol],
+            split=args.split,
+            altitude=args.altitude,
+            flip_tta=args.flip_tta,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            progress=not args.no_progress,
+            model_info=identity,
+        )
+    finally:
+        close = getattr(model, "close", None)
+        if callable(close):
+            close()
+    json_path, table_path = write_report(report, args.out)
+    print(format_report_table(report), end="")
+    print(f"report: {json_path} (table: {table_path})")
+    return 0

@@ -1,0 +1,324 @@
+"""Retrieval evaluation of a MEAN model or any `EmbeddingBackend` on a dataset split.
+
+Images are read and preprocessed with `meanloc.runtime.preprocess` (the single definition the
+onboard runtime and calibration also use), in background threads, one batch ahead, and embedded
+through a generic `embed_fn(batch NCHW float32) -> (N, D)`. Unreadable images are skipped and
+counted. Metrics come from `meanloc.training.metrics`, under each requested gallery protocol,
+and every number in the report names the protocol it was computed under.
+"""
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from meanloc.errors import MeanlocError
+from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_manifest
+from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+
+from .data.splits import DATASETS, DIRECTIONS, EvalSplit, load_eval_split
+from .metrics import PROTOCOLS, RetrievalMetrics, check_protocol, retrieval_metrics
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+REPORT_KIND = "eval_report"
+CONVENTIONS = {
+    "AP": "trapezoid AP (Market-1501 / University-1652), mean over all queries",
+    "AP_plain": "mean precision at the hits, for comparison",
+    "R@top1pct": "CMC[round(0.01 * N)] as every reference prints it; N = gallery images on disk incl. junk",
+    "R@top1pct_corrected": "R@ceil(0.01 * gallery images ranked)",
+    "ranking": "float32 cosine scores, stable descending sort (ties: lower gallery index first)",
+    "no_positive_queries": "count 0 in every average and stay in the denominator",
+    "protocol full": "distractor classes kept and ranked (University1652-Baseline, SUES-200 benchmark)",
+    "protocol junk_distractors": "gallery classes no query has are removed (Sample4Geo / MEAN convention)",
+}
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of the readable images: `features[i]` belongs to `paths[kept[i]]`."""
+
+    features: np.ndarray
+    kept: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _load(path: str, spec: PreprocessSpec) -> np.ndarray | None:
+    try:
+        return preprocess_bgr(read_image_bgr(path), spec)
+    except MeanlocError:
+        return None
+
+
+def _prefetched_batches(
+    paths: Sequence[str], spec: PreprocessSpec, batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[list[np.ndarray | None]]:
+    """Yield preprocessed batches while the next batch is already being read."""
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def submit(chunk: Sequence[str]) -> list[Future]:
+        return [pool.submit(_load, path, spec) for path in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for index in range(len(chunks)):
+        current = pending
+        pending = submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+        yield [future.result() for future in current]
+
+
+def extract_embeddings(
+    embed_fn: EmbedFn,
+    paths: Sequence[str],
+    spec: PreprocessSpec,
+    batch_size: int = 128,
+    flip_tta: bool = False,
+    workers: int = 2,
+    progress: str | None = None,
+) -> Embeddings:
+    """Embed image files in batches; with `flip_tta`, sum the embeddings of the image and of its
+    horizontal flip (as University1652-Baseline does) and re-normalise."""
+    features: list[np.ndarray] = []
+    kept: list[int] = []
+    unreadable: list[str] = []
+    offset = 0
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(paths), desc=progress, disable=progress is None, unit="img") as bar,
+    ):
+        for batch in _prefetched_batches(paths, spec, batch_size, pool):
+            good = [i for i, array in enumerate(batch) if array is not None]
+            unreadable.extend(paths[offset + i] for i, array in enumerate(batch) if array is None)
+            if good:
+                stacked = np.stack([batch[i] for i in good])
+                embedded = np.asarray(embed_fn(stacked), dtype=np.float32)
+                if flip_tta:
+                    flipped = np.ascontiguousarray(stacked[:, :, :, ::-1])
+                    embedded = l2_normalise(embedded + np.asarray(embed_fn(flipped), dtype=np.float32))
+                features.append(embedded)
+                kept.extend(offset + i for i in good)
+            offset += len(batch)
+            bar.update(len(batch))
+    if not features:
+        raise MeanlocError(f"none of the {len(paths)} images could be read")
+    return Embeddings(np.concatenate(features), np.asarray(kept, dtype=np.int64), unreadable)
+
+
+def evaluate_retrieval(
+    split: EvalSplit, query: Embeddings, gallery: Embeddings, protocols: Sequence[str] = PROTOCOLS
+) -> dict[str, RetrievalMetrics]:
+    """Metrics of one direction under each protocol; unreadable images are left out, but the
+    gallery size on disk (for R@top1pct) still counts them."""
+    return {
+        protocol: retrieval_metrics(
+            query.features,
+            gallery.features,
+            split.query_labels[query.kept],
+            split.gallery_labels[gallery.kept],
+            check_protocol(protocol),
+            gallery_on_disk=len(split.gallery_paths),
+        )
+        for protocol in protocols
+    }
+
+
+def torch_embed_fn(model: Any, device: Any = None) -> EmbedFn:
+    """`model.embed` under torch.no_grad (the caller puts the model in eval mode)."""
+    import torch
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.embed(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    return embed
+
+
+@contextlib.contextmanager
+def _embedder_for(
+    model_or_backend: Any, device: Any
+) -> Iterator[tuple[EmbedFn, PreprocessSpec, dict[str, Any]]]:
+    """(embed_fn, preprocessing, description) for a backend or a torch MEAN model; a torch model
+    is switched to eval mode for the duration and restored afterwards (the trainer calls this)."""
+    if isinstance(model_or_backend, EmbeddingBackend):
+        backend = model_or_backend
+        yield (
+            backend.embed,
+            backend.identity.preprocess,
+            {"backend": backend.name, **backend.identity.to_dict()},
+        )
+        return
+    if not (hasattr(model_or_backend, "embed") and hasattr(model_or_backend, "config")):
+        raise TypeError(
+            f"expected an EmbeddingBackend or a MEAN model, got {type(model_or_backend).__name__}"
+        )
+    model = model_or_backend
+    was_training = model.training
+    model.eval()
+    try:
+        config = model.config
+        info = {"backend": "torch (in-process model)", "preset": config.preset, "embed_dim": config.embed_dim}
+        yield torch_embed_fn(model, device), PreprocessSpec(size=config.img_size), info
+    finally:
+        model.train(was_training)
+
+
+def _file_key(path: str) -> Any:
+    """Identity of the file behind a path: hard links and repeated paths share one embedding
+    (the synthetic generator hard-links query images into the galleries)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    return (info.st_dev, info.st_ino)
+
+
+class _EmbeddingCache:
+    """Embeds each distinct file once across the directions of one evaluation."""
+
+    def __init__(
+        self,
+        embed_fn: EmbedFn,
+        spec: PreprocessSpec,
+        batch_size: int,
+        flip_tta: bool,
+        workers: int,
+        progress: bool,
+    ) -> None:
+        self.options = {"spec": spec, "batch_size": batch_size, "flip_tta": flip_tta, "workers": workers}
+        self.embed_fn = embed_fn
+        self.progress = progress
+        self.features: dict[Any, np.ndarray] = {}
+        self.bad: set[Any] = set()
+        self.unreadable_paths: set[str] = set()
+
+    def embed(self, paths: list[str], what: str) -> Embeddings:
+        keys = [_file_key(p) for p in paths]
+        todo: dict[Any, str] = {}
+        for key, path in zip(keys, paths):
+            if key not in self.features and key not in self.bad:
+                todo.setdefault(key, path)
+        if todo:
+            todo_keys = list(todo)
+            fresh = extract_embeddings(
+                self.embed_fn, list(todo.values()), progress=what if self.progress else None, **self.options
+            )
+            self.features.update(zip((todo_keys[i] for i in fresh.kept), fresh.features))
+            self.bad.update(key for key in todo_keys if key not in self.features)
+        kept = [i for i, key in enumerate(keys) if key in self.features]
+        if not kept:
+            raise MeanlocError(f"{what}: none of the {len(paths)} images could be read")
+        unreadable = [path for path, key in zip(paths, keys) if key in self.bad]
+        self.unreadable_paths.update(unreadable)
+        features = np.stack([self.features[keys[i]] for i in kept])
+        return Embeddings(features, np.asarray(kept, dtype=np.int64), unreadable)
+
+
+def evaluate_model(
+    model_or_backend: Any,
+    root: str | Path,
+    dataset: str = "university",
+    directions: Sequence[str] = ("d2s", "s2d"),
+    protocols: Sequence[str] = PROTOCOLS,
+    split: str = "test",
+    altitude: int | str | None = None,
+    flip_tta: bool = False,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: Any = None,
+    progress: bool = False,
+    model_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate each direction under each protocol; returns the JSON-able report.
+
+    `model_info` (e.g. a checkpoint identity) is recorded in the report next to what the
+    backend or model says about itself. A file shared by several directions (same path or hard
+    link) is embedded once.
+    """
+    for protocol in protocols:
+        check_protocol(protocol)
+    splits = [load_eval_split(root, dataset, direction, split, altitude) for direction in directions]
+    results = []
+    with _embedder_for(model_or_backend, device) as (embed_fn, spec, info):
+        cache = _EmbeddingCache(embed_fn, spec, batch_size, flip_tta, workers, progress)
+        for eval_split in splits:
+            name = DIRECTIONS[eval_split.direction]
+            gallery = cache.embed(eval_split.gallery_paths, f"{name}: gallery")
+            query = cache.embed(eval_split.query_paths, f"{name}: queries")
+            metrics = evaluate_retrieval(eval_split, query, gallery, protocols)
+            data = eval_split.summary()
+            data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable))
+            for protocol, values in metrics.items():
+                results.append(
+                    {
+                        "direction": eval_split.direction,
+                        "direction_name": name,
+                        "protocol": protocol,
+                        "metrics": values.to_dict(percent=True),
+                        "data": data,
+                    }
+                )
+    return new_manifest(
+        REPORT_KIND,
+        dataset=dataset,
+        dataset_name=DATASETS[dataset],
+        root=str(root),
+        split=split,
+        altitude=splits[0].altitude if splits else None,
+        flip_tta=flip_tta,
+        preprocess=spec.to_dict(),
+        model={**info, **(model_info or {})},
+        unreadable_images=sorted(cache.unreadable_paths),
+        conventions=CONVENTIONS,
+        results=results,
+    )
+
+
+def _metric_key(metrics: dict[str, Any], prefix: str) -> str:
+    return next(key for key in metrics if key.startswith(prefix))
+
+
+def format_report_table(report: dict[str, Any]) -> str:
+    """A Markdown table of a report: one row per (direction, protocol), percentages."""
+    altitude = f", altitude {report['altitude']} m" if report.get("altitude") else ""
+    lines = [
+        f"# Retrieval evaluation: {report['dataset_name']} ({report['split']} split{altitude})",
+        "",
+        f"flip TTA: {'on' if report['flip_tta'] else 'off'}; AP = trapezoid AP; values in percent; "
+        "every row names its gallery protocol.",
+        "",
+        "| direction | protocol | queries | gallery ranked / on disk | R@1 | R@5 | R@10 | R@top1pct | "
+        "R@top1pct corrected | AP | AP plain | no-positive queries |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        m = row["metrics"]
+        top1pct, corrected = _metric_key(m, "R@top1pct ("), _metric_key(m, "R@top1pct_corrected")
+        lines.append(
+            f"| {row['direction_name']} | {row['protocol']} | {m['queries']} | {m['gallery_ranked']} / "
+            f"{m['gallery_on_disk']} | {m['R@1']:.2f} | {m['R@5']:.2f} | {m['R@10']:.2f} | "
+            f"{m[top1pct]:.2f} {top1pct[len('R@top1pct ') :]} | {m[corrected]:.2f} "
+            f"{corrected[len('R@top1pct_corrected ') :]} | {m['AP']:.2f} | {m['AP_plain']:.2f} | "
+            f"{m['no_positive_queries']} |"
+        )
+    if report.get("unreadable_images"):
+        lines += [
+            "",
+            f"{len(report['unreadable_images'])} unreadable image(s) skipped (listed in the JSON report).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_path: str | Path) -> tuple[Path, Path]:
+    """Write the JSON report and its Markdown table next to it (`<name>.md`), both atomically."""
+    json_path = Path(out_path)
+    table_path = json_path.with_suffix(".md")
+    atomic_write_json(json_path, report)
+    atomic_write_text(table_path, format_report_table(report))
+    return json_path, table_path

@@ -1,0 +1,50 @@
+"""`meanloc train`: train MEAN from a YAML and/or command-line config, single process or torchrun DDP.
+
+    meanloc train --dataset university --data-root data/University-1652     # the paper recipe
+    meanloc train --dataset sues200 --data-root data/SUES-200 --altitude 150
+    meanloc train --dataset synthetic --data-root runs/synth --out-dir runs/demo   # demo: 10 min, 2 cores
+    torchrun --nproc-per-node 4 -m meanloc.cli train --config my.yaml             # DDP
+
+Precedence: built-in defaults < the dataset's recipe < --config YAML < options given here.
+"""
+
+import argparse
+import os
+
+from .config import add_config_arguments
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML file of options (keys as below, with _ or -)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import build_config, cli_overrides, read_yaml_config
+
+    config = build_config(read_yaml_config(args.config) if args.config else {}, cli_overrides(args))
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+
+    from .model import PRESETS
+    from .train_data import load_train_data
+    from .trainer import run_training
+    from .validation import retrieval_validator
+
+    def data_factory(cfg, ctx):
+        img_size = cfg.img_size or PRESETS[cfg.preset].img_size
+        data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
+        validator = retrieval_validator(cfg) if cfg.selection == "val" else None
+        return data, validator
+
+    result = run_training(config, data_factory)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line, from rank 0
+        return 0
+    best = f", best (validation R@1) {result.best_checkpoint}" if result.best_checkpoint else ""
+    print(f"trained {result.steps} steps ({result.images_per_second:.0f} images/s): last {result.last_checkpoint}{best}")
+    return 0
