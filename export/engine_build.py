@@ -382,12 +382,16 @@ def build_engine(
 
 
 def _reuse(out_path: Path, key: str, cache: EngineCache | None) -> EngineBuildResult | None:
+    """The identical build at `out_path` or in the cache folder (copied to `out_path`), if any."""
     sidecar_path = Path(engine_sidecar_path(str(out_path)))
-    if not reusable_engine(out_path, key):
-        cached = cache.lookup(key) if cache is not None else None
-        if cached is None:
-            return None
+    cached = cache.lookup(key) if cache is not None else None
+    if reusable_engine(out_path, key):
+        if cache is not None and cached is None:
+            cache.store(key, out_path)
+    elif cached is not None:
         copy_engine(cached, out_path)
+    else:
+        return None
     return EngineBuildResult(out_path, sidecar_path, read_json(sidecar_path, "engine sidecar"), reused=True)
 
 

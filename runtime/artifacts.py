@@ -44,8 +44,12 @@ def ensure_writable_dir(path: PathLike) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MeanlocError("cannot create output folder {}: {}".format(folder, exc.strerror or exc))
-    if not os.access(str(folder), os.W_OK):
-        raise MeanlocError("output folder {} is not writable".format(folder))
+    # Probe with a real file: os.access() says "writable" to root even on read-only mounts.
+    try:
+        with tempfile.TemporaryFile(dir=str(folder)):
+            pass
+    except OSError as exc:
+        raise MeanlocError("output folder {} is not writable ({})".format(folder, exc.strerror or exc))
     return folder
 
 

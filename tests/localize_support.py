@@ -5,6 +5,8 @@ A tiny textured "world" image in a local metric frame, a deterministic numpy sta
 built with the real bank builder from a tile folder, and a mean-nano ONNX export for real-ONNX-Runtime tests.
 """
 
+from __future__ import annotations
+
 import csv
 import warnings
 from collections.abc import Sequence

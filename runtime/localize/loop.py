@@ -281,6 +281,8 @@ class LocalizationLoop:
             self.stop_reason = "interrupted"
         except SourceLostError as exc:
             self.stop_reason = "source lost: {}".format(exc)
+        except BrokenPipeError:
+            self.stop_reason = "output closed"
         finally:
             source.close()
             self.close_sinks()

@@ -60,9 +60,19 @@ class JsonlSink(Sink):
             self._handle = self._file.handle
 
     def write(self, record: Dict[str, Any]) -> None:
-        self._handle.write(_json_line(record))
-        if self._file is None:
+        if self._file is not None:
+            self._handle.write(_json_line(record))
+            return
+        try:
+            self._handle.write(_json_line(record))
             self._handle.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): point stdout at /dev/null so that the interpreter's
+            # final flush stays quiet, and let the loop stop (Python docs, "Note on SIGPIPE").
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._handle.fileno())
+            os.close(devnull)
+            raise
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,0 +1,163 @@
+"""The end-to-end demo: every stage of the pipeline, run as the same `meanloc` subcommands a user
+would type, on the embedded synthetic world.
+
+Each step records the command it ran in `<workdir>/demo-state.json`; a re-run reuses a step whose
+outputs exist and whose command is unchanged, and `--fresh` starts over. The demo prints every
+command, so it doubles as a walkthrough of the CLI.
+"""
+
+import json
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+from meanloc.errors import MeanlocError
+
+
+@dataclass
+class DemoOptions:
+    workdir: str = "meanloc-demo"
+    fresh: bool = False
+    train_minutes: float = 8.0
+    flight_frames: int = 150
+    seed: int = 0
+    data_preset: str = "demo"
+    model_preset: str = "mean-small"
+
+
+@dataclass
+class DemoStep:
+    name: str
+    description: str
+    argv: List[str]
+    outputs: List[Path] = field(default_factory=list)
+
+
+def tensorrt_usable() -> bool:
+    """True when TensorRT imports and a CUDA GPU answers (then the demo builds engines)."""
+    try:
+        import tensorrt  # noqa: F401
+
+        from meanloc.runtime.trt_env import describe_environment
+
+        return bool(describe_environment(probe_dla=False).get("gpu"))
+    except Exception:
+        return False
+
+
+def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool) -> List[DemoStep]:
+    data, train, calib = work / "data", work / "train", work / "calib"
+    checkpoint = train / "best.pt"
+    onnx = work / "model.onnx"
+    int8_cpu = calib / "model.int8-cpu.onnx"
+    flight_models = {"fp32": onnx, "int8": int8_cpu}
+    steps = [
+        DemoStep("data", "generate the synthetic world and its cross-view dataset",
+                 ["data", "synth", "--preset", options.data_preset, "--seed", str(options.seed), "--out", str(data)],
+                 [data / "dataset.json", data / "world" / "satellite.tif"]),
+        DemoStep("train", "train {} on the synthetic world ({:g} min budget)".format(
+                     options.model_preset, options.train_minutes),
+                 ["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", options.model_preset,
+                  "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out-dir", str(train)],
+                 [checkpoint]),
+        DemoStep("eval", "evaluate drone->satellite and satellite->drone retrieval on the held-out test split",
+                 ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--dataset", "synthetic",
+                  "--split", "test", "--protocol", "both", "--out", str(work / "eval.json"), "--no-progress"],
+                 [work / "eval.json"]),
+        DemoStep("export", "export the inference graph to ONNX (opset 17) with a PyTorch parity check",
+                 ["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(onnx)], [onnx]),
+        DemoStep("calibrate", "calibrate INT8 on CPU: TensorRT cache, Q/DQ model for TensorRT, CPU INT8 model",
+                 ["calibrate", "--onnx", str(onnx), "--data", str(data), "--split", "train", "--out", str(calib),
+                  "--num-images", "256", "--no-progress"],
+                 [calib / "calibration.cache", int8_cpu]),
+    ]
+    if use_tensorrt:
+        engines = {"fp16": work / "model.fp16.engine", "int8": work / "model.int8.engine"}
+        steps += [
+            DemoStep("engine-fp16", "build the TensorRT FP16 engine",
+                     ["export", "engine", "--onnx", str(onnx), "--out", str(engines["fp16"]), "--precision", "fp16"],
+                     [engines["fp16"]]),
+            DemoStep("engine-int8", "build the TensorRT INT8 engine from the Q/DQ model",
+                     ["export", "engine", "--onnx", str(calib / "model.int8-qdq-trt.onnx"), "--out",
+                      str(engines["int8"]), "--precision", "int8-explicit"], [engines["int8"]]),
+        ]
+        flight_models = dict(engines)
+    # The bank is embedded once by the FP32 reference; every precision's flight queries that same bank.
+    steps.append(DemoStep(
+        "bank", "embed the satellite orthophoto into a tile bank (200 m tiles, 75 % overlap)",
+        ["bank", "build", "--model", str(onnx),
+         "--orthophoto", str(data / "world" / "satellite.tif"), "--out", str(work / "bank"),
+         "--tile-m", "200", "--overlap", "0.75", "--no-progress"],
+        [work / "bank" / "manifest.json"]))
+    for precision, model in flight_models.items():
+        steps.append(DemoStep(
+            "flight-" + precision, "fly a synthetic trajectory through the localization loop ({})".format(precision),
+            ["localize", "--model", str(model), "--bank", str(work / "bank"),
+             "--source", "synthetic:" + str(data / "world" / "drone.tif"), "--frames", str(options.flight_frames),
+             "--flight-seed", str(options.seed), "--estimator", "weighted", "--window-m", "400",
+             "--jsonl", str(work / "flight-{}.jsonl".format(precision)),
+             "--geojson", str(work / "flight-{}.geojson".format(precision)),
+             "--summary", str(work / "flight-{}.json".format(precision))],
+            [work / "flight-{}.json".format(precision)]))
+    profile_argv = ["profile", "--iterations", "60", "--warmup", "5", "--min-iterations", "50",
+                    "--bank", str(work / "bank"), "--out", str(work / "profile"), "--no-telemetry"]
+    for model in flight_models.values():
+        profile_argv += ["--model", str(model)]
+    steps.append(DemoStep("profile", "profile per-stage latency of every precision, interleaved",
+                          profile_argv, [work / "profile" / "report.json"]))
+    return steps
+
+
+def _load_state(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def run_demo(options: DemoOptions) -> int:
+    from meanloc.cli import main as meanloc_main
+    from meanloc.runtime.artifacts import atomic_write_json, ensure_writable_dir
+
+    work = Path(options.workdir)
+    if options.fresh and work.exists():
+        shutil.rmtree(str(work))
+    ensure_writable_dir(work)
+    use_tensorrt = tensorrt_usable()
+    print("meanloc demo: work folder {} ({} backend)".format(
+        work, "TensorRT" if use_tensorrt else "ONNX Runtime on CPU; no TensorRT here"))
+    state_path = work / "demo-state.json"
+    state = _load_state(state_path)
+    steps = plan_steps(options, work, use_tensorrt)
+    started = time.monotonic()
+    timings: Dict[str, float] = {}
+    for number, step in enumerate(steps, 1):
+        done = state.get(step.name, {})
+        if done.get("argv") == step.argv and all(p.exists() for p in step.outputs):
+            print("[{}/{}] {}: reusing the finished step".format(number, len(steps), step.name))
+            timings[step.name] = done.get("seconds", 0.0)
+            continue
+        print("\n[{}/{}] {}\n  $ meanloc {}".format(number, len(steps), step.description,
+                                                    " ".join(shlex.quote(a) for a in step.argv)), flush=True)
+        step_start = time.monotonic()
+        code = meanloc_main(step.argv)
+        if code != 0:
+            raise MeanlocError("demo step '{}' failed (exit {}); fix the cause and re-run `meanloc demo` to "
+                               "resume".format(step.name, code))
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            raise MeanlocError("demo step '{}' finished without writing {}".format(step.name, ", ".join(missing)))
+        timings[step.name] = round(time.monotonic() - step_start, 1)
+        state[step.name] = {"argv": step.argv, "seconds": timings[step.name]}
+        atomic_write_json(state_path, state)
+    from .demo_report import write_demo_report
+
+    summary = write_demo_report(work, steps, timings, time.monotonic() - started)
+    print("\n" + summary)
+    return 0
+

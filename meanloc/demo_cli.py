@@ -1,0 +1,28 @@
+"""`meanloc demo`: the whole pipeline on the embedded synthetic world, in one command."""
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default="meanloc-demo",
+                        help="folder for every artifact and the report (default ./meanloc-demo)")
+    parser.add_argument("--fresh", action="store_true", help="delete the work folder and start over")
+    parser.add_argument("--train-minutes", type=float, default=8.0,
+                        help="wall-clock training budget in minutes (default 8)")
+    parser.add_argument("--flight-frames", type=int, default=150,
+                        help="frames of the synthetic flight (default 150)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, training and flight (default 0)")
+    parser.add_argument("--data-preset", default="demo",
+                        help="synthetic dataset preset of `meanloc data synth` (default demo; tiny for a smoke run)")
+    parser.add_argument("--model-preset", default="mean-small", help="model preset to train (default mean-small)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(
+        workdir=args.workdir, fresh=args.fresh, train_minutes=args.train_minutes,
+        flight_frames=args.flight_frames, seed=args.seed, data_preset=args.data_preset,
+        model_preset=args.model_preset,
+    ))

@@ -1,0 +1,151 @@
+"""The demo's closing report: a short summary, summary.json and the trajectory-on-map PNG."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from meanloc.runtime.artifacts import atomic_path, atomic_write_json, ensure_writable_dir
+
+MAP_DOWNSCALE_MAX_PX = 2000
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _retrieval(eval_report: Dict[str, Any]) -> Dict[str, Any]:
+    rows = {}
+    for row in eval_report["results"]:
+        metrics = row["metrics"]
+        rows["{} [{}]".format(row["direction_name"], row["protocol"])] = {
+            "R@1": round(metrics["R@1"], 2), "R@5": round(metrics["R@5"], 2), "AP": round(metrics["AP"], 2),
+            "queries": metrics["queries"], "gallery_ranked": metrics["gallery_ranked"],
+        }
+    return rows
+
+
+def _latency(profile_report: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    latency = {}
+    for result in profile_report["results"]:
+        latency[result["label"]] = {stage: round(values["median_ms"], 2) for stage, values in result["stages"].items()}
+    return latency
+
+
+def _read_track(path: Path) -> List[Dict[str, Any]]:
+    with open(str(path)) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_trajectory(ortho_path: Path, tracks: Dict[str, List[Dict[str, Any]]], out_path: Path) -> str:
+    """True vs estimated tracks (and raw fixes) drawn over the satellite orthophoto."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from meanloc.runtime.geo.orthophoto import Orthophoto
+
+    ortho = Orthophoto.from_geotiff(str(ortho_path))
+    scale = min(1.0, MAP_DOWNSCALE_MAX_PX / max(ortho.image.shape[:2]))
+    image = cv2.resize(ortho.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+    def to_px(records: Sequence[Dict[str, Any]], lon_key: str, lat_key: str) -> "np.ndarray":
+        points = [(r[lon_key], r[lat_key]) for r in records if r.get(lon_key) is not None]
+        if not points:
+            return np.zeros((0, 2))
+        lon, lat = np.asarray(points, dtype=np.float64).T
+        x, y = ortho.lonlat_to_world(lon, lat)
+        cols, rows = ortho.world_to_pixel(x, y)
+        return np.stack([np.asarray(cols) * scale, np.asarray(rows) * scale], axis=1)
+
+    figure, axis = plt.subplots(figsize=(10, 10 * image.shape[0] / image.shape[1] + 0.5))
+    axis.imshow(image[:, :, ::-1])
+    first = next(iter(tracks.values()))
+    truth = to_px(first, "truth_lon", "truth_lat")
+    axis.plot(truth[:, 0], truth[:, 1], "-", color="white", lw=2.5, label="true track (look-at point)")
+    colours = ["#ff3b30", "#34c759", "#0a84ff", "#ff9f0a"]
+    for colour, (label, records) in zip(colours, tracks.items()):
+        raw = to_px(records, "fix_lon", "fix_lat")
+        estimate = to_px(records, "filt_lon", "filt_lat")
+        axis.scatter(raw[:, 0], raw[:, 1], s=6, color=colour, alpha=0.45, label="raw fixes ({})".format(label))
+        axis.plot(estimate[:, 0], estimate[:, 1], "-", color=colour, lw=1.6, label="filtered estimate ({})".format(label))
+    if len(truth):
+        pad = 60
+        axis.set_xlim(max(0, truth[:, 0].min() - pad * 4), min(image.shape[1], truth[:, 0].max() + pad * 4))
+        axis.set_ylim(min(image.shape[0], truth[:, 1].max() + pad * 4), max(0, truth[:, 1].min() - pad * 4))
+    axis.set_title("Synthetic flight: true vs estimated track over the satellite orthophoto")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_axis_off()
+    figure.tight_layout()
+    with atomic_path(out_path) as tmp:
+        figure.savefig(str(tmp), format="png", dpi=110)
+    plt.close(figure)
+    return str(out_path)
+
+
+def write_demo_report(work: Path, steps: Sequence[Any], timings: Dict[str, float], wall_s: float) -> str:
+    report_dir = ensure_writable_dir(work / "report")
+    eval_report = _read_json(work / "eval.json")
+    flights = {p.stem.split("-", 1)[1]: p for p in sorted(work.glob("flight-*.json"))}
+    summary: Dict[str, Any] = {
+        "retrieval": _retrieval(eval_report) if eval_report else None,
+        "localization": {},
+        "latency_median_ms": None,
+        "step_seconds": timings,
+        "wall_seconds_this_run": round(wall_s, 1),
+        "artifacts": {
+            "checkpoint": str(work / "train" / "best.pt"), "onnx": str(work / "model.onnx"),
+            "qdq_trt_onnx": str(work / "calib" / "model.int8-qdq-trt.onnx"),
+            "int8_cpu_onnx": str(work / "calib" / "model.int8-cpu.onnx"),
+            "calibration_cache": str(work / "calib" / "calibration.cache"), "bank": str(work / "bank"),
+        },
+        "notes": [
+            "Synthetic flat world (see dataset.json notes): an optimistic proxy for real imagery.",
+            "Localization errors are geodesic metres to the look-at ground point of each frame.",
+        ],
+    }
+    for precision, path in flights.items():
+        flight = json.loads(path.read_text())
+        summary["localization"][precision] = {
+            "frames": flight.get("frames_processed"),
+            "filtered": flight.get("error_filtered"),
+            "raw_fixes": flight.get("error_raw_fix"),
+        }
+    profile = _read_json(work / "profile" / "report.json")
+    if profile:
+        summary["latency_median_ms"] = _latency(profile)
+        for name in ("latency.png", "stages.png", "report.md"):
+            if (work / "profile" / name).is_file():
+                shutil.copyfile(str(work / "profile" / name), str(report_dir / name))
+    tracks = {precision: _read_track(work / "flight-{}.jsonl".format(precision))
+              for precision in flights if (work / "flight-{}.jsonl".format(precision)).is_file()}
+    if tracks:
+        summary["trajectory_png"] = plot_trajectory(work / "data" / "world" / "satellite.tif", tracks,
+                                                    report_dir / "trajectory.png")
+    atomic_write_json(report_dir / "summary.json", summary)
+    return format_summary(summary, report_dir)
+
+
+def format_summary(summary: Dict[str, Any], report_dir: Path) -> str:
+    lines = ["meanloc demo summary (synthetic world; every number names its convention)"]
+    for name, values in (summary["retrieval"] or {}).items():
+        lines.append("  retrieval {:<40} R@1 {:6.2f}  R@5 {:6.2f}  AP {:6.2f}  ({} queries, {} ranked)".format(
+            name, values["R@1"], values["R@5"], values["AP"], values["queries"], values["gallery_ranked"]))
+    for precision, values in summary["localization"].items():
+        for kind in ("filtered", "raw_fixes"):
+            errors = values.get(kind) or {}
+            if errors.get("median_m") is not None:
+                lines.append("  localization {:<5} {:<9} median {:6.1f} m  p90 {:6.1f} m  within 25 m {:5.1%}  "
+                             "within 50 m {:5.1%}  ({} frames)".format(
+                                 precision, kind, errors["median_m"], errors["p90_m"], errors.get("within_25m", 0),
+                                 errors.get("within_50m", 0), errors["frames"]))
+    for label, stages in (summary["latency_median_ms"] or {}).items():
+        shown = ", ".join("{} {:.2f}".format(stage, stages[stage]) for stage in
+                          ("decode", "preprocess", "h2d", "inference", "d2h", "search", "filter", "total")
+                          if stage in stages)
+        lines.append("  latency ms (median) {}: {}".format(label, shown))
+    lines.append("  report: {} (summary.json, trajectory.png, latency.png, stages.png)".format(report_dir))
+    return "\n".join(lines)
