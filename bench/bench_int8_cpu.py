@@ -177,11 +177,11 @@ def accuracy(args: argparse.Namespace) -> int:
         fp32 = _fp32_onnx(args, work)
         outputs = _calibration(args, fp32, work)
         report = build_precision_report(
-            fp32, args.data, calib_dir=outputs.folder, split=args.split, progress=True
+            fp32, args.data, calib_dir=outputs.folder, split=args.split, dataset=args.dataset, progress=True
         )
     print(format_precision_table(report))
     rows = {row["precision"]: row for row in report["rows"]}
-    drop = -rows["int8-cpu"]["delta_R@1"]
+    drop = rows["fp32"]["R@1"] - rows["int8-cpu"]["R@1"]
     cosine = rows["int8-qdq-trt"]["cosine_mean"]
     gates = [
         (f"INT8 CPU R@1 drop {drop:.2f} points (<= {MAX_R1_DROP})", drop <= MAX_R1_DROP),
@@ -214,6 +214,9 @@ def main() -> int:
     model.add_argument("--checkpoint", help="trained checkpoint (exported to ONNX here)")
     acc.add_argument(
         "--data", required=True, help="dataset root in the University-1652 layout (train/ + val/)"
+    )
+    acc.add_argument(
+        "--dataset", default="synthetic", help="dataset name for the evaluation (university, synthetic)"
     )
     acc.add_argument("--split", default="val", help="evaluation split")
     acc.add_argument(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export.onnx_graph import load_embedding_onnx
 from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
 
@@ -108,7 +108,7 @@ def open_calibration_dir(folder: str | Path, onnx_sha256: str | None = None) -> 
     for precision, entry in manifest.get("artifacts", {}).items():
         path = folder / entry["file"]
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise MeanlocError(
+            raise ArtifactMismatchError(
                 f"{path} ({precision}) is missing or changed since calibration; rerun `meanloc calibrate`"
             )
     return CalibrationOutputs(folder, manifest)

@@ -6,12 +6,15 @@
   `op_types_to_quantize` is set explicitly because ORT's default QDQ registry also wraps
   LayerNormalization, Transpose and others. The opset is kept (TensorRT 8.x parses <= 17).
 - `int8-cpu`: the fastest ONNX Runtime CPU variant found by measurement. At 384 px the pointwise
-  MLP MatMuls dominate (72 % of FP32 time here), so only MatMuls are quantized. Measured with
-  `bench/bench_int8_cpu.py` (mean-paper, batch 1, 2 threads, median latency / FP32):
-  dynamic MatMul-only S8 weights 0.70-0.76 on a 2-vCPU AMD EPYC (AVX2, no VNNI) and 0.57 on an
-  AVX-512 VNNI machine (doc §7); static U8S8 0.76-0.79; the TensorRT flavour 1.02-1.03 (S8S8 Conv
-  kernels are slow on CPU). Dynamic quantization needs no ranges; `static-u8s8` (from the same
-  calibration ranges) is kept as the alternative for CPUs where it measures faster.
+  MLP MatMuls take 72 % of FP32 time (ORT profile), so only MatMuls are quantized: dynamic
+  quantization, S8 weights. `bench/bench_int8_cpu.py speed --candidates` (mean-paper, batch 1,
+  2 threads, median latency / ORT FP32), three runs on a shared 2-vCPU AMD EPYC (AVX2, no VNNI):
+  dynamic MatMul S8 0.70-0.79, static U8S8 MatMul 0.73-0.83, static S8S8 MatMul 0.73, static U8S8
+  Conv+MatMul 1.01, the TensorRT flavour 0.92-1.10. On an AVX-512 VNNI machine (deployment.md §7)
+  dynamic MatMul S8 measured 0.57 and static U8S8 0.76-0.79, hence dynamic. Without VNNI int8 GEMM
+  is at best ~2x FP32, which bounds a MatMul-only model near 0.28 + 0.72 / 2 = 0.64. Dynamic
+  quantization needs no ranges; `static-u8s8` (from the same calibration ranges) stays available
+  for CPUs where it measures faster.
 
 Both carry the FP32 model's metadata with `meanloc.precision` replaced, plus `meanloc.quantization`
 describing the settings, so every consumer knows which artifact it holds.

@@ -17,6 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     precision.add_argument(
         "--data", required=True, metavar="ROOT", help="dataset root in the University-1652 layout"
     )
+    precision.add_argument(
+        "--dataset",
+        default="university",
+        help="dataset layout: university, synthetic (same layout) or sues200",
+    )
     precision.add_argument("--split", default="val", choices=("val", "test"), help="evaluation split")
     precision.add_argument(
         "--engines",
@@ -49,6 +54,7 @@ def run_precision(args: argparse.Namespace) -> int:
         calib_dir=args.calib_dir,
         engines=args.engines,
         split=args.split,
+        dataset=args.dataset,
         batch_size=args.batch,
         threads=args.threads,
         progress=True,

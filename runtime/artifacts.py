@@ -67,6 +67,8 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the artifact the permissions a plain open() would.
+        os.chmod(str(tmp), 0o666 & ~_current_umask())
         with open(str(tmp), "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(str(tmp), str(target))
@@ -75,6 +77,12 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and restore it
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -67,6 +67,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="position: top-1 tile centre, or similarity-weighted centres of the top-k adjacent tiles")
     parser.add_argument("--min-margin", type=float, default=0.02,
                         help="a fix is confident when top-1 beats the best non-adjacent tile by this cosine margin")
+    parser.add_argument("--no-north-up", action="store_true",
+                        help="do not rotate frames that carry a heading (synthetic flights) to north-up before embedding")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
@@ -134,6 +136,7 @@ def _loop_config(args: argparse.Namespace) -> Any:
         use_filter=not args.no_filter,
         prior_lonlat=(args.prior[1], args.prior[0]) if args.prior else None,
         target_fps=args.target_fps,
+        north_up=not args.no_north_up,
     )
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     weight_infonce: float | None = _opt(None, "InfoNCE weight λ2 (University/SUES 1.0)")
     weight_ce: float | None = _opt(None, "3-head cross-entropy weight λ3 (University/SUES 0.1)")
     weight_cda: float | None = _opt(None, "CDA alignment weight λ1 (University 1.3, SUES 0.75)")
+    weight_uniformity: float | None = _opt(None, "embedding uniformity weight (not MEAN; 0 for real data, anti-collapse from scratch)")
     label_smoothing: float = _opt(0.1, "InfoNCE label smoothing")
     max_logit_scale: float | None = _opt(None, "clamp exp(logit_scale) at this value (reference: no clamp)")
     cda_duplicate_mse: bool = _opt(True, "reference quirk: the CDA 'mse' term repeats the cosine term, L = 2(1-cos)")

@@ -23,11 +23,13 @@ from .model.mean import ViewOutputs
 
 @dataclass(frozen=True)
 class LossWeights:
-    """λ2 (InfoNCE), λ3 (CE), λ1 (CDA) of shared/docs/mean-model.md §5."""
+    """λ2 (InfoNCE), λ3 (CE), λ1 (CDA) of shared/docs/mean-model.md §5, plus our optional
+    uniformity term (not in MEAN; 0 for the real datasets)."""
 
     infonce: float = 1.0
     ce: float = 0.1
     cda: float = 1.3
+    uniformity: float = 0.0
 
 
 # The reference's per-dataset weights. "synthetic" is ours: the demo trains a small network from
@@ -38,7 +40,7 @@ class LossWeights:
 DATASET_LOSS_WEIGHTS: dict[str, LossWeights] = {
     "university": LossWeights(infonce=1.0, ce=0.1, cda=1.3),
     "sues200": LossWeights(infonce=1.0, ce=0.1, cda=0.75),
-    "synthetic": LossWeights(infonce=1.0, ce=0.0, cda=0.0),
+    "synthetic": LossWeights(infonce=1.0, ce=0.0, cda=0.0, uniformity=1.0),
 }
 
 
@@ -101,6 +103,19 @@ def cda_loss(sat_aligned: torch.Tensor, drone_aligned: torch.Tensor, duplicate_m
     return 2.0 * one_minus_cos if duplicate_mse_term else one_minus_cos
 
 
+def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """log E_{i<j} exp(-t·|ê_i − ê_j|²) over the batch (Wang & Isola 2020): 0 when all embeddings
+    coincide, about -4 when they spread over the sphere.
+
+    Why (not in MEAN): trained from scratch, the ConvNeXt's final LayerNorm lets InfoNCE fall
+    into a collapsed fixed point in a few dozen steps (measured on the demo world: loss stuck
+    at ln B, one constant embedding for every image, where InfoNCE's gradient is exactly zero).
+    This term has a non-zero gradient there; with a pretrained backbone it is not needed.
+    """
+    normalized = F.normalize(embeddings, dim=1)
+    return torch.pdist(normalized).pow(2).mul(-t).exp().mean().log()
+
+
 @dataclass(frozen=True)
 class LossOptions:
     """Switches for the reference quirks; the defaults are the faithful reproduction."""
@@ -154,13 +169,18 @@ class MeanLoss(nn.Module):
         )
         ce = classification_loss(sat.logits, drone.logits, labels) if self.weights.ce else zero
         cda = cda_loss(sat.aligned, drone.aligned, self.options.cda_duplicate_mse) if self.weights.cda else zero
+        # Over this rank's images (both views): under DDP an approximation of the global-batch value.
+        uniformity = (uniformity_loss(torch.cat([sat.global_feature, drone.global_feature]))
+                      if self.weights.uniformity else zero)
 
         # Sum over ranks of `shared` is the global loss; DDP divides the summed gradient by world_size.
-        shared = self.weights.infonce * infonce + share * (self.weights.ce * ce + self.weights.cda * cda)
+        per_sample = self.weights.ce * ce + self.weights.cda * cda + self.weights.uniformity * uniformity
+        shared = self.weights.infonce * infonce + share * per_sample
         parts = {
             "infonce": infonce.detach() * world_size,  # this rank's rows, rescaled; exact after averaging
             "ce": ce.detach(),
             "cda": cda.detach(),
+            "uniformity": uniformity.detach(),
             "loss": shared.detach() * world_size,
             "logit_scale": logit_scale.detach().exp(),
         }

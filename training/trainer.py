@@ -168,11 +168,17 @@ class TrainStep(nn.Module):
 
 
 class MetricsLog:
-    """metrics.jsonl (one whole line per os.write, so a kill leaves no torn line) + optional TensorBoard."""
+    """metrics.jsonl (one whole line per os.write, so a kill leaves no torn line) + optional TensorBoard.
 
-    def __init__(self, path: Path, tensorboard: bool, resume: bool) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_TRUNC), 0o644)
+    Only rank 0 writes (`enabled=False` elsewhere makes every call a no-op).
+    """
+
+    def __init__(self, path: Path, tensorboard: bool, resume: bool, enabled: bool = True) -> None:
+        self.fd: int | None = None
         self.writer = None
+        if not enabled:
+            return
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_TRUNC), 0o644)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -182,6 +188,8 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.fd is None:
+            return
         os.write(self.fd, (json.dumps(record, sort_keys=True) + "\n").encode())
         if self.writer is not None and "step" in record:
             for key, value in record.items():
@@ -189,7 +197,8 @@ class MetricsLog:
                     self.writer.add_scalar(f"{record.get('event', 'train')}/{key}", value, record["step"])
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
         if self.writer is not None:
             self.writer.close()
 
@@ -286,7 +295,7 @@ class Trainer:
         default = default_loss_weights(self.config.dataset)
         pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
         return LossWeights(pick(self.config.weight_infonce, default.infonce), pick(self.config.weight_ce, default.ce),
-                           pick(self.config.weight_cda, default.cda))
+                           pick(self.config.weight_cda, default.cda), pick(self.config.weight_uniformity, default.uniformity))
 
     # -- checkpoint state --
 
@@ -361,7 +370,7 @@ class Trainer:
         """Train to the end of the schedule (or budget); `until_step` pauses earlier, checkpointed and
         resumable, without changing the schedule (a pre-empted job)."""
         config, ctx = self.config, self.ctx
-        log = MetricsLog(self.out_dir / "metrics.jsonl", config.tensorboard, resume=bool(config.resume))
+        log = MetricsLog(self.out_dir / "metrics.jsonl", config.tensorboard, resume=bool(config.resume), enabled=ctx.is_main)
         if ctx.is_main:
             atomic_write_text(self.out_dir / "train_config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
             log.write({"event": "start", "seed": config.seed, "step": self.step, "world_size": ctx.world_size,
@@ -398,8 +407,7 @@ class Trainer:
                               "images_per_s": images_seen / max(time.monotonic() - timing_start, 1e-9)}
                     last_loss = record["loss"]
                     history.append(record)
-                    if ctx.is_main:
-                        log.write(record)
+                    log.write(record)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{float(parts['loss']):.3f}", refresh=False)
@@ -422,9 +430,8 @@ class Trainer:
         if progress is not None:
             progress.close()
         elapsed = time.monotonic() - timing_start
-        if ctx.is_main:
-            log.write({"event": "end", "step": self.step, "epoch": self.epoch, "elapsed_s": elapsed,
-                       "images_per_s": images_seen / max(elapsed, 1e-9)})
+        log.write({"event": "end", "step": self.step, "epoch": self.epoch, "elapsed_s": elapsed,
+                   "images_per_s": images_seen / max(elapsed, 1e-9)})
         log.close()
         return TrainResult(self.out_dir, self.step, self.epoch, self.out_dir / "last.pt", best_path, last_loss,
                            images_seen / max(elapsed, 1e-9), history)

@@ -16,6 +16,9 @@ from .search import DEFAULT_BLOCK_ROWS, ExactSearcher, FaissSearcher
 from .store import manifest_frame, manifest_identity, open_embeddings, open_tiles, read_manifest
 from .tiles import TileTable
 
+# Banks up to this float32 size (1 GiB: ~350k tiles at 768-d) are kept in RAM as float32 by default.
+FLOAT32_AUTO_LIMIT_BYTES = 1 << 30
+
 
 @dataclass(frozen=True)
 class SearchWindow:
@@ -78,14 +81,16 @@ class SatelliteBank:
         engine: str = "exact",
         faiss_factory: str = "SQfp16",
         block_rows: int = DEFAULT_BLOCK_ROWS,
-        float32_in_memory: bool = False,
+        float32_in_memory: Optional[bool] = None,
     ) -> "SatelliteBank":
         """Open a bank; with `expected_identity` (the model's) refuse a bank from other weights,
         dimension or preprocessing (ArtifactMismatchError).
 
         engine: "exact" (blocked brute force, on CuPy when `device` allows) or "faiss" (optional,
         for banks beyond ~1M tiles, index type `faiss_factory`). `float32_in_memory` trades twice
-        the bank size in RAM for faster global CPU searches (see `ExactSearcher`).
+        the bank size in RAM for faster global CPU searches (see `ExactSearcher`); None (default)
+        turns it on for banks whose float32 copy fits in FLOAT32_AUTO_LIMIT_BYTES, because per-query
+        float16 -> float32 conversion dominates a single-frame search (bench/bench_bank_search.py).
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -93,6 +98,8 @@ class SatelliteBank:
         if expected_identity is not None:
             expected_identity.check_compatible(identity, "bank {} vs model".format(directory))
         embeddings = open_embeddings(directory, manifest)
+        if float32_in_memory is None:
+            float32_in_memory = embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_AUTO_LIMIT_BYTES
         tiles = TileTable(open_tiles(directory, manifest), manifest["sources"], manifest_frame(manifest))
         if engine == "exact":
             searcher = ExactSearcher(

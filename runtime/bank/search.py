@@ -22,6 +22,8 @@ from meanloc.errors import MeanlocError
 DEFAULT_BLOCK_ROWS = 16384
 # Index returned in slots that had no candidate (k larger than the searched rows).
 NO_INDEX = -1
+# Below this many rows a block is converted in the calling thread: the hand-off costs more.
+PARALLEL_CONVERSION_MIN_ROWS = 2048
 
 
 def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -198,7 +200,7 @@ class ExactSearcher:
         if self._buffer is None:
             self._buffer = np.empty((min(self.block_rows, len(self._host)), self.dim), dtype=np.float32)
         out = self._buffer[: len(block)]
-        if self._threads == 1 or len(block) < 2048:
+        if self._threads == 1 or len(block) < PARALLEL_CONVERSION_MIN_ROWS:
             np.copyto(out, block)
             return out
         if self._pool is None:

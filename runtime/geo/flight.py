@@ -145,7 +145,7 @@ def simulate_prior(plan: Sequence[FramePose], drift_mps: float = 2.0, jump_every
     for frame in plan:
         dt = frame.t - previous_t
         previous_t = frame.t
-        direction += rng.normal(0.0, 0.3) * math.sqrt(max(dt, 0.0))
+        direction += rng.normal(0.0, 0.05) * math.sqrt(max(dt, 0.0))  # a bias that turns slowly
         error += drift_mps * dt * np.array([math.sin(direction), math.cos(direction)])
         jumped = bool(jump_every > 0 and frame.index > 0 and rng.uniform() < 1.0 / jump_every)
         if jumped:

@@ -92,11 +92,12 @@ def warp(source: np.ndarray, out_to_src: np.ndarray, out_size: Tuple[int, int], 
     Outside the source is 0. Affine maps use warpAffine, projective ones warpPerspective.
     """
     cv2 = require_cv2()
+    # Normalise first: a nadir homography has no perspective terms but its scale sits in [2, 2].
     mapping = index_mapping(out_to_src)
+    mapping = mapping / mapping[2, 2]
     flags = interpolation | cv2.WARP_INVERSE_MAP
     if mapping[2, 0] == 0 and mapping[2, 1] == 0:
         return cv2.warpAffine(source, mapping[:2], out_size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mapping = mapping / mapping[2, 2]
     return cv2.warpPerspective(source, mapping, out_size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -351,7 +352,7 @@ class Orthophoto:
             raise MeanlocError("corners are mirrored: list them top-left, top-right, bottom-right, bottom-left")
         predicted = affine @ np.array([width, height, 1.0])
         residual_px = float(np.hypot(*(predicted[:2] - world[2]))) / math.sqrt(abs(np.linalg.det(affine[:2, :2])))
-        if residual_px > 0.02 * math.hypot(width, height):
+        if residual_px > max(10.0, 0.02 * math.hypot(width, height)):
             raise MeanlocError("the 4 corners are not an affine image of the raster (bottom-right off by {:.0f} px): "
                                "orthorectify it first".format(residual_px))
         if residual_px > 1.0:

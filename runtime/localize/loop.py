@@ -1,9 +1,10 @@
 """The onboard localization loop: frame -> embedding -> bank search -> fix -> filter -> sinks.
 
-Per frame: preprocess (the one `runtime.preprocess` definition) and embed with the backend,
-search the bank globally or in a window around the filter's prediction / the prior
-(`window.py`), turn the results into a fix with a confidence (`estimate.py`), gate and fuse
-it in a constant-velocity Kalman filter (`kalman.py`), and hand one record to every sink.
+Per frame: turn the frame north-up when its heading is known (`orient.py`), preprocess (the one
+`runtime.preprocess` definition) and embed with the backend, search the bank globally or in a
+window around the filter's prediction / the prior (`window.py`), turn the results into a fix
+with a confidence (`estimate.py`), gate and fuse it in a constant-velocity Kalman filter
+(`kalman.py`), and hand one record to every sink.
 
 The filter always runs, so one run reports both the raw per-frame fix and the filtered estimate
 (and their errors when the source knows the truth); `use_filter` only chooses which of the two
@@ -26,6 +27,7 @@ from .estimate import EstimatorConfig, Fix, PositionEstimator
 from .geodesy import DISTANCE_METHOD, geodesic_distance_m
 from .kalman import ConstantVelocityKalman, KalmanConfig
 from .metrics import ErrorStats, RunningMeans
+from .orient import rotate_to_north_up
 from .sinks import Sink
 from .sources import Frame, FrameSource, SourceLostError
 from .window import SearchWindowPolicy, WindowConfig
@@ -54,6 +56,8 @@ class LoopConfig:
     target_fps: Optional[float] = None
     # Results fetched per search: enough to usually hold a tile that does not overlap the top-1.
     search_k: int = 32
+    # Rotate frames that carry a heading to north-up, like the bank tiles (§4.3).
+    north_up: bool = True
 
 
 class RateLimiter:
@@ -137,7 +141,10 @@ class LocalizationLoop:
         start = clock()
         # What backend.embed_images does, in two steps so that preprocessing and the network are
         # timed apart (the overhead budget counts everything but the network).
-        batch = preprocess_batch([frame.image], self.backend.identity.preprocess)
+        image = frame.image
+        if self.config.north_up and frame.heading_deg is not None:
+            image = rotate_to_north_up(image, frame.heading_deg)
+        batch = preprocess_batch([image], self.backend.identity.preprocess)
         after_preprocess = clock()
         embedding = self.backend.embed(batch)
         after_embed = clock()
@@ -241,7 +248,8 @@ class LocalizationLoop:
         return record
 
     # -- the run ----------------------------------------------------------------------------
-    def _frames(self, source: FrameSource) -> Iterator[Tuple[Frame, float]]:
+    def timed_frames(self, source: FrameSource) -> Iterator[Tuple[Frame, float]]:
+        """(frame, seconds spent decoding it) for every frame of `source`."""
         iterator = iter(source)
         while True:
             start = self._clock()
@@ -260,7 +268,7 @@ class LocalizationLoop:
         every sink is closed (flushed, files renamed into place) whatever happens. Returns the summary."""
         self.stop_reason = "source ended"
         try:
-            for frame, decode_s in self._frames(source):
+            for frame, decode_s in self.timed_frames(source):
                 if self._stop_requested:
                     self.stop_reason = "interrupted"
                     break

@@ -43,7 +43,7 @@ class ErrorStats:
         position = q * (self.n - 1)
         low = self._value_at_rank(cumulative, int(np.floor(position)))
         high = self._value_at_rank(cumulative, int(np.ceil(position)))
-        return low + (high - low) * (position - np.floor(position))
+        return float(low + (high - low) * (position - np.floor(position)))
 
     def _value_at_rank(self, cumulative: np.ndarray, rank: int) -> float:
         # Values inside a bin are taken as evenly spread over it; never beyond the exact maximum.

@@ -26,10 +26,10 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 if TYPE_CHECKING:  # the synthetic source pulls in the geo stack: import it only when used
     from .synthetic import SyntheticFlightOptions
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_URL_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 

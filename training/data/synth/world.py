@@ -21,7 +21,7 @@ and give a controlled benchmark; numbers on it are an optimistic proxy, not real
 from __future__ import annotations
 
 import math
-import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -134,7 +134,7 @@ def _noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generator, oct
         total += amp * up[:gh, :gw]
         norm += amp
         amp *= 0.5
-    total /= norm * 0.6
+    total /= norm
     # Output pixel centre (i + 0.5) / fine_cell in grid units, shifted by one cell of margin.
     m = np.array([[1.0 / fine_cell, 0.0, 1.0 + 0.5 / fine_cell - 0.5], [0.0, 1.0 / fine_cell, 1.0 + 0.5 / fine_cell - 0.5]])
     return cv2.warpAffine(total, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
@@ -160,8 +160,8 @@ def _voronoi_labels(shape: tuple[int, int], spacing_px: float, rng: np.random.Ge
 def _organic(mask: np.ndarray, edge: np.ndarray, sigma_px: float, strength: float) -> np.ndarray:
     """Turn a blocky upsampled mask into one with smooth, irregular boundaries."""
     soft = cv2.GaussianBlur(mask.view(np.uint8).astype(np.float32), (0, 0), sigma_px)
-    soft += strength * edge
-    return soft > 0.5
+    near_edge = soft * (1.0 - soft) * 4.0  # 1 on the boundary, 0 well inside or outside
+    return soft + strength * edge * near_edge > 0.5
 
 
 def _upsample_nearest(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -548,27 +548,16 @@ def generate_world(seed: int = 0, width_m: float = 2000.0, height_m: float = 200
     return world_from_layout(layout, DATE1 if date == 1 else DATE2)
 
 
-_SHARED_LAYOUT: list[Layout] = []  # handed to forked workers without pickling
-
-
-def _render_shared(style: DateStyle) -> np.ndarray:
-    cv2.setNumThreads(1)
-    return render_layout(_SHARED_LAYOUT[0], style)
-
-
 def generate_world_pair(spec: WorldSpec, workers: int = 2) -> tuple[Orthophoto, Orthophoto]:
     """Two co-registered dates of one world: (date 1, date 2), sharing one layout.
 
-    With `workers` >= 2 the two dates are painted in parallel (forked processes)."""
+    With `workers` >= 2 the two dates are painted in two threads (the big numpy and OpenCV
+    operations release the GIL; threads avoid forking a process that holds OpenCV's pool)."""
     layout = build_layout(spec)
     styles = (DATE1, DATE2)
-    if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
-        _SHARED_LAYOUT[:] = [layout]
-        try:
-            with multiprocessing.get_context("fork").Pool(2) as pool:
-                images = pool.map(_render_shared, styles)
-        finally:
-            _SHARED_LAYOUT.clear()
+    if workers >= 2:
+        with ThreadPoolExecutor(2) as pool:
+            images = list(pool.map(lambda style: render_layout(layout, style), styles))
     else:
         images = [render_layout(layout, style) for style in styles]
     return world_from_layout(layout, DATE1, images[0]), world_from_layout(layout, DATE2, images[1])

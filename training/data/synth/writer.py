@@ -45,6 +45,8 @@ from .world import GENERATOR_VERSION, WorldSpec, generate_world_pair
 
 DATASET_KIND = "synthetic-crossview-dataset"
 WRITER_VERSION = "synth-writer-1"
+# Rasters rotated less than this (e.g. meridian convergence of corner-referenced images) are fine.
+MAX_ROTATION_DEG = 10.0
 
 FLAT_WORLD_NOTES = [
     "Flat world: drone views are ground-plane homographies of an orthophoto; no facades, parallax, "
@@ -75,7 +77,7 @@ class SynthConfig:
     n_distractors: int = 40  # extra test gallery classes without queries
     views_train: int = 6
     views_eval: int = 4
-    world_gsd_m: float = 1.5
+    world_gsd_m: float = 1.2
     origin_lonlat: tuple[float, float] = (8.40, 47.45)
     cross_source: bool = True  # drone views from the second date of the synthetic world
     sampling: ViewSampling = field(default_factory=ViewSampling)
@@ -166,6 +168,10 @@ def synthetic_sources(config: SynthConfig) -> tuple[Sources, GridPlan]:
 
 def user_sources(config: SynthConfig, satellite: Orthophoto, drone: Orthophoto | None) -> tuple[Sources, GridPlan]:
     """A user's orthophoto (and optionally a co-registered second one for the drone views)."""
+    for name, ortho in (("satellite", satellite), ("drone", drone)):
+        if ortho is not None and abs(ortho.rotation_deg) > MAX_ROTATION_DEG:
+            raise MeanlocError(f"the {name} orthophoto is rotated {ortho.rotation_deg:.1f} deg from north-up; the "
+                               "location grid is north-aligned: warp it north-up first (e.g. gdalwarp)")
     if drone is not None and drone.crs != satellite.crs:
         raise MeanlocError(f"the drone orthophoto is in {drone.crs} but the satellite one in {satellite.crs}; "
                            "reproject one so both share a CRS (e.g. gdalwarp -t_srs)")
@@ -221,10 +227,6 @@ def _place(root: Path, folders: list[str], loc_id: str, name: str, data: bytes) 
             os.link(first, other)
         except OSError:
             shutil.copyfile(first, other)
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
 def _render_location(loc: Location) -> dict:
@@ -293,9 +295,15 @@ def _iterate(locations: list[Location], workers: int) -> Iterator[dict]:
         for loc in locations:
             yield _render_location(loc)
         return
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_render_location, locations, chunksize=4)
+    # One process per core: OpenCV's own threads would oversubscribe. Set before forking (a
+    # forked child must not reconfigure the thread pool it inherited).
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap_unordered(_render_location, locations, chunksize=4)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _locations_csv(ortho: Orthophoto, locations: list[Location], results: dict, side_m: float) -> str:
