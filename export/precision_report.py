@@ -20,7 +20,7 @@ import numpy as np
 
 from meanloc.calibration.pipeline import open_calibration_dir
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_manifest, sha256_file
+from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with_markdown
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.training.data.splits import load_eval_split
@@ -191,8 +191,4 @@ def format_precision_table(report: dict[str, Any]) -> str:
 
 def write_precision_report(report: dict[str, Any], out_path: str | Path) -> tuple[Path, Path]:
     """The JSON report and its Markdown table next to it (`<name>.md`), both atomic."""
-    json_path = Path(out_path)
-    table_path = json_path.with_suffix(".md")
-    atomic_write_json(json_path, report)
-    atomic_write_text(table_path, format_precision_table(report))
-    return json_path, table_path
+    return write_json_with_markdown(out_path, report, format_precision_table(report))

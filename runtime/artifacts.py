@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Union
+from typing import Any, Dict, Iterator, Mapping, Tuple, Union
 
 from meanloc import __version__
 from meanloc.errors import ArtifactMismatchError, MeanlocError
@@ -43,13 +43,13 @@ def ensure_writable_dir(path: PathLike) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MeanlocError("cannot create output folder {}: {}".format(folder, exc.strerror or exc))
+        raise MeanlocError("cannot create output folder {}: {}".format(folder, exc.strerror or exc)) from None
     # Probe with a real file: os.access() says "writable" to root even on read-only mounts.
     try:
         with tempfile.TemporaryFile(dir=str(folder)):
             pass
     except OSError as exc:
-        raise MeanlocError("output folder {} is not writable ({})".format(folder, exc.strerror or exc))
+        raise MeanlocError("output folder {} is not writable ({})".format(folder, exc.strerror or exc)) from None
     return folder
 
 
@@ -116,15 +116,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError("not JSON serialisable: {!r}".format(type(value)))
 
 
+def write_json_with_markdown(json_path: PathLike, payload: Any, markdown: str) -> Tuple[Path, Path]:
+    """A JSON report plus its Markdown rendering next to it (`<name>.md`), both atomic."""
+    json_path = Path(json_path)
+    table_path = json_path.with_suffix(".md")
+    atomic_write_json(json_path, payload)
+    atomic_write_text(table_path, markdown)
+    return json_path, table_path
+
+
 def read_json(path: PathLike, what: str = "file") -> Dict[str, Any]:
     """Read a JSON object, turning every way it can be wrong into a one-line error."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MeanlocError("{} not found: {}".format(what, path))
+        raise MeanlocError("{} not found: {}".format(what, path)) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MeanlocError("{} {} is not valid JSON ({})".format(what, path, exc))
+        raise MeanlocError("{} {} is not valid JSON ({})".format(what, path, exc)) from None
     if not isinstance(payload, dict):
         raise MeanlocError("{} {} must hold a JSON object".format(what, path))
     return payload

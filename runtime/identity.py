@@ -51,7 +51,7 @@ class ModelIdentity:
                 artifact_sha256=payload.get("artifact_sha256"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise MeanlocError("invalid model identity in manifest: missing or bad field {}".format(exc))
+            raise MeanlocError("invalid model identity in manifest: missing or bad field {}".format(exc)) from None
 
     def to_onnx_metadata(self) -> Dict[str, str]:
         """String props for `onnx.ModelProto.metadata_props` (the checkpoint's side of the identity)."""
@@ -86,7 +86,7 @@ class ModelIdentity:
                 artifact_sha256=artifact_sha256,
             )
         except (KeyError, ValueError) as exc:
-            raise ArtifactMismatchError("{} has incomplete meanloc metadata ({})".format(source, exc))
+            raise ArtifactMismatchError("{} has incomplete meanloc metadata ({})".format(source, exc)) from None
 
     def check_compatible(self, other: "ModelIdentity", what: str) -> None:
         """Refuse to mix embeddings of different weights, dimensions or preprocessing."""

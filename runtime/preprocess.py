@@ -50,7 +50,7 @@ class PreprocessSpec:
                 input_format=str(payload.get("input_format", "BGR uint8 (OpenCV)")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise MeanlocError("invalid preprocessing spec {!r}: {}".format(dict(payload), exc))
+            raise MeanlocError("invalid preprocessing spec {!r}: {}".format(dict(payload), exc)) from None
 
     def check_same(self, other: "PreprocessSpec", what: str) -> None:
         """Refuse to combine artifacts whose preprocessing differs."""
@@ -67,7 +67,7 @@ def _cv2() -> Any:
         raise MeanlocError(
             "OpenCV is needed for preprocessing: pip install opencv-python-headless "
             "(on Jetson use JetPack's python3-opencv)"
-        )
+        ) from None
     return cv2
 
 

@@ -84,12 +84,14 @@ def test_pitch_limit_and_horizon_are_enforced():
         render_view(_flat_ortho(), INTR, Pose((X0 + 600, Y0 - 600), 100, 80.0, 0))
 
 
-def test_rendered_marker_lands_where_the_homography_says():
+# Pitch 0 (nadir) takes the affine warp path, which once ignored the homography's scale.
+@pytest.mark.parametrize("pitch", [0.0, 35.0])
+def test_rendered_marker_lands_where_the_homography_says(pitch):
     ortho = _flat_ortho()
     marker = (X0 + 640.0, Y0 - 560.0)
     col, row = (int(v) for v in ortho.world_to_pixel(*marker))
     ortho.image[row - 3:row + 4, col - 3:col + 4] = 255  # a 7 m bright square
-    pose = Pose((X0 + 600.0, Y0 - 600.0), 120.0, 35.0, 20.0, 1.0)
+    pose = Pose((X0 + 600.0, Y0 - 600.0), 120.0, pitch, 20.0, 1.0)
     view = render_view(ortho, INTR, pose)
     assert view.valid_fraction == 1.0 and view.image_bgr.shape == (48, 64, 3)
     square_centre = np.array([ortho.pixel_to_world(col + 0.5, row + 0.5)])

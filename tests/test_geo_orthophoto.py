@@ -128,7 +128,7 @@ def test_nodata_becomes_the_validity_mask_and_survives_saving(tmp_path):
     _write_tif(path, rgb, Affine(GSD, 0, X0, 0, -GSD, Y0), nodata=0)
     ortho = Orthophoto.from_geotiff(path)
     assert not ortho.valid[:, :8].any() and ortho.valid[:, 8:].all()
-    tile, valid = ortho.crop_north_up(ortho.pixel_to_world(8, 16), 16 * GSD, 16)
+    _, valid = ortho.crop_north_up(ortho.pixel_to_world(8, 16), 16 * GSD, 16)
     assert valid == pytest.approx(0.5, abs=0.07)
     saved = tmp_path / "saved.tif"
     ortho.save_geotiff(saved)

@@ -15,6 +15,7 @@ from meanloc.training.losses import (
     classification_loss,
     default_loss_weights,
     infonce_loss,
+    uniformity_loss,
 )
 from meanloc.training.model import ViewOutputs
 
@@ -118,3 +119,14 @@ def test_mean_loss_total_is_the_weighted_sum():
     )
     assert total.item() == pytest.approx(expected.item(), abs=1e-6)
     assert parts["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_uniformity_penalises_the_collapse_that_infonce_is_flat_at():
+    log_scale = torch.tensor(math.log(1 / 0.07))
+    collapsed = torch.ones(6, 8)
+    spread = torch.eye(8)[:6]
+    # InfoNCE cannot tell a total collapse (ln B) from matched-but-unspread embeddings ...
+    assert infonce_loss(collapsed, collapsed, collapsed, collapsed, log_scale).item() == pytest.approx(math.log(6), abs=1e-5)
+    # ... the uniformity term makes it the worst state instead.
+    assert uniformity_loss(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    assert uniformity_loss(spread).item() < -3.0

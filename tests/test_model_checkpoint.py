@@ -67,12 +67,12 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 
 def test_checkpoint_for_another_architecture_names_mismatched_shapes(tmp_path):
-    other, config = _nano()
+    other, _ = _nano()
     state = other.state_dict()
     key = "model_1.convnext.stages.0.0.pwconv1.weight"
     state[key] = torch.zeros(5, 5)
     torch.save(state, tmp_path / "other.pth")
-    with pytest.raises(MeanlocError, match="shape mismatches .*pwconv1.weight: file \\(5, 5\\)"):
+    with pytest.raises(MeanlocError, match=r"shape mismatches .*pwconv1\.weight: file \(5, 5\)"):
         load_checkpoint(tmp_path / "other.pth", preset="mean-nano")
 
 

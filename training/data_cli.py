@@ -39,7 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--views-per-location", type=int, default=None, help="drone views per training location")
     synth.add_argument("--eval-views", type=int, default=None, help="drone views per val/test location")
     synth.add_argument("--tile-px", type=int, default=None,
-                       help="saved satellite tile width and drone frame width in pixels (frames are 4:3)")
+                       help="saved satellite tile width and drone frame width in pixels")
+    synth.add_argument("--view-aspect", type=float, default=None,
+                       help="drone frame width/height (default 4/3; a wider frame allows steeper pitch under the "
+                       "80 deg corner-ray limit, e.g. 1.778 for 16:9)")
     synth.add_argument("--tile-side-m", type=float, default=None, help="satellite tile side in metres (pinned: 200)")
     synth.add_argument("--spacing-m", type=float, default=None, help="location grid spacing in metres")
     synth.add_argument("--train", type=int, default=None, help="minimum number of training locations (synthetic)")
@@ -99,7 +102,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise MeanlocError("--drone-orthophoto needs --orthophoto (the synthetic world has its own second date)")
     config = preset_config(
         args.preset, seed=args.seed, views_train=args.views_per_location, views_eval=args.eval_views,
-        tile_px=args.tile_px, tile_side_m=args.tile_side_m, spacing_m=args.spacing_m, n_train=args.train,
+        tile_px=args.tile_px, view_aspect=args.view_aspect, tile_side_m=args.tile_side_m, spacing_m=args.spacing_m, n_train=args.train,
         n_val=args.val, n_test=args.test, n_distractors=args.distractors, world_gsd_m=args.world_gsd_m,
         workers=args.workers, cross_source=False if args.same_source else None,
         altitude_m=tuple(args.altitude) if args.altitude else None,

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_manifest
+from meanloc.runtime.artifacts import new_manifest, write_json_with_markdown
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
 
@@ -317,8 +317,4 @@ def format_report_table(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out_path: str | Path) -> tuple[Path, Path]:
     """Write the JSON report and its Markdown table next to it (`<name>.md`), both atomically."""
-    json_path = Path(out_path)
-    table_path = json_path.with_suffix(".md")
-    atomic_write_json(json_path, report)
-    atomic_write_text(table_path, format_report_table(report))
-    return json_path, table_path
+    return write_json_with_markdown(out_path, report, format_report_table(report))

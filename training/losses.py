@@ -110,7 +110,7 @@ def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     Why (not in MEAN): trained from scratch, the ConvNeXt's final LayerNorm lets InfoNCE fall
     into a collapsed fixed point in a few dozen steps (measured on the demo world: loss stuck
     at ln B, one constant embedding for every image, where InfoNCE's gradient is exactly zero).
-    This term has a non-zero gradient there; with a pretrained backbone it is not needed.
+    This term makes that state its maximum; with a pretrained backbone it is not needed.
     """
     normalized = F.normalize(embeddings, dim=1)
     return torch.pdist(normalized).pow(2).mul(-t).exp().mean().log()
@@ -169,8 +169,9 @@ class MeanLoss(nn.Module):
         )
         ce = classification_loss(sat.logits, drone.logits, labels) if self.weights.ce else zero
         cda = cda_loss(sat.aligned, drone.aligned, self.options.cda_duplicate_mse) if self.weights.cda else zero
-        # Over this rank's images (both views): under DDP an approximation of the global-batch value.
-        uniformity = (uniformity_loss(torch.cat([sat.global_feature, drone.global_feature]))
+        # Per view (spreading the two views apart would fight the alignment InfoNCE wants), over
+        # this rank's images: under DDP an approximation of the global-batch value.
+        uniformity = (0.5 * (uniformity_loss(sat.global_feature) + uniformity_loss(drone.global_feature))
                       if self.weights.uniformity else zero)
 
         # Sum over ranks of `shared` is the global loss; DDP divides the summed gradient by world_size.

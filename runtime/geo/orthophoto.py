@@ -266,22 +266,25 @@ class Orthophoto:
     def from_geotiff(cls, path: Any) -> "Orthophoto":
         """Read a GeoTIFF (or any raster GDAL reads) with its geotransform, CRS and mask."""
         rasterio = require_module("rasterio", "geo")
-        from rasterio.errors import RasterioIOError
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         path = Path(path)
         if not path.is_file():
             raise MeanlocError("orthophoto not found: {}".format(path))
         try:
-            with rasterio.open(str(path)) as ds:
-                if ds.crs is None:
-                    raise MeanlocError("{} has no CRS; give the corner coordinates instead (--corners)".format(path))
-                if ds.transform.is_identity:
-                    raise MeanlocError("{} has no geotransform; give the corner coordinates instead".format(path))
-                data = ds.read()
-                mask = ds.dataset_mask() > 0
-                color_interp = [ci.name for ci in ds.colorinterp]
-                transform = np.array([*list(ds.transform)[:6], 0.0, 0.0, 1.0]).reshape(3, 3)
-                crs = ds.crs
+            with warnings.catch_warnings():
+                # A plain image has no geotransform: we say so below, in one line.
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(str(path)) as ds:
+                    if ds.crs is None:
+                        raise MeanlocError("{} has no CRS; give the corner coordinates instead (--corners)".format(path))
+                    if ds.transform.is_identity:
+                        raise MeanlocError("{} has no geotransform; give the corner coordinates instead".format(path))
+                    data = ds.read()
+                    mask = ds.dataset_mask() > 0
+                    color_interp = [ci.name for ci in ds.colorinterp]
+                    transform = np.array([*list(ds.transform)[:6], 0.0, 0.0, 1.0]).reshape(3, 3)
+                    crs = ds.crs
         except RasterioIOError as exc:
             raise MeanlocError("cannot read orthophoto {}: {}".format(path, str(exc).splitlines()[0])) from None
         image = _bands_to_bgr(data, color_interp, mask, str(path))
@@ -366,8 +369,10 @@ class Orthophoto:
         return ortho
 
     # -- writing ----------------------------------------------------------------------------
-    def save_geotiff(self, path: Any, compress: str = "deflate") -> None:
-        """Write an RGB GeoTIFF with the geotransform, CRS and an internal validity mask (atomic)."""
+    def save_geotiff(self, path: Any, compress: str = "deflate", jpeg_quality: int = 92) -> None:
+        """Write an RGB GeoTIFF with the geotransform, CRS and an internal validity mask (atomic).
+
+        `compress="deflate"` is lossless; "jpeg" is ~4x smaller and lossy (`jpeg_quality`)."""
         rasterio = require_module("rasterio", "geo")
         from rasterio.transform import Affine
 
@@ -379,6 +384,8 @@ class Orthophoto:
             "crs": self.crs, "transform": Affine(t[0, 0], t[0, 1], t[0, 2], t[1, 0], t[1, 1], t[1, 2]),
             "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": compress, "photometric": "RGB",
         }
+        if compress.lower() == "jpeg":
+            profile["jpeg_quality"] = jpeg_quality
         with atomic_path(path) as tmp, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
                 str(tmp), "w", **profile) as ds:
             ds.write(np.moveaxis(self.image[:, :, ::-1], 2, 0))

@@ -2,8 +2,8 @@
 
 Locations sit on a regular grid (default 50 m; denser training locations help most). The
 columns are split into three bands, train (west), val (middle) and test (east), separated by
-a buffer of at least one tile side plus the drone-footprint reach, so no satellite tile or
-drone footprint of one split overlaps another split. Every location also keeps `margin_m`
+a buffer (the writer uses one tile side plus twice the drone-footprint reach), so no satellite
+tile or drone footprint of one split overlaps a tile or footprint of another split. Every location also keeps `margin_m`
 from the raster edge so its drone views fit without biasing yaw.
 """
 
@@ -27,6 +27,8 @@ class Location:
     x: float
     y: float
     is_distractor: bool
+    row: int  # grid row (north to south) and column (west to east, across all bands)
+    col: int
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,21 @@ def place_locations(plan: GridPlan, bounds: tuple[float, float, float, float], n
     y_top = max_y - (max_y - min_y - need_h) / 2.0 - plan.margin_m
     raw = []
     x = x_start
+    first_col = 0
     for split, cols in zip(SPLITS, plan.columns):
         for c in range(cols):
             for r in range(plan.rows):
-                raw.append((split, x + c * plan.spacing_m, y_top - r * plan.spacing_m))
+                raw.append((split, x + c * plan.spacing_m, y_top - r * plan.spacing_m, r, first_col + c))
         x += (cols - 1) * plan.spacing_m + plan.buffer_m
-    n_test = sum(1 for s, _, _ in raw if s == "test")
+        first_col += cols
+    n_test = sum(1 for item in raw if item[0] == "test")
     if n_distractors >= n_test:
         raise MeanlocError(f"{n_distractors} distractors leave no test queries among {n_test} test locations")
-    test_idx = [i for i, (s, _, _) in enumerate(raw) if s == "test"]
+    test_idx = [i for i, item in enumerate(raw) if item[0] == "test"]
     distractors = set(rng.choice(test_idx, size=n_distractors, replace=False).tolist()) if n_distractors else set()
     width = max(id_width, len(str(len(raw) - 1)))
-    return [Location(i, str(i).zfill(width), s, float(px), float(py), i in distractors)
-            for i, (s, px, py) in enumerate(raw)]
+    return [Location(i, str(i).zfill(width), s, float(px), float(py), i in distractors, r, c)
+            for i, (s, px, py, r, c) in enumerate(raw)]
 
 
 def split_gap_m(locations: list[Location]) -> float:

@@ -6,7 +6,8 @@
 <out>/test/{query_drone, gallery_satellite, query_satellite, gallery_drone}/<id>/...
 <out>/locations.csv     id, split, centre E/N and lat/lon, 4 corners lat/lon (clockwise from TL), is_distractor
 <out>/dataset.json      manifest: generator version, seed, every parameter, input hashes, statistics, notes
-<out>/world/*.tif       the synthetic world GeoTIFFs (synthetic source only)
+<out>/world/*.tif       the synthetic world GeoTIFFs (synthetic source only; JPEG-compressed at
+                        quality 92, so tiles cut from them differ from the dataset's by compression noise)
 ```
 
 Test galleries include distractor classes (satellite tile and drone views, no query), so both
@@ -41,7 +42,7 @@ from meanloc.runtime.geo.orthophoto import CORNER_NAMES, Orthophoto
 
 from .locations import GridPlan, Location, place_locations, plan_for_area, plan_for_counts, split_gap_m
 from .views import ViewSampling, sample_view, view_sidecar
-from .world import GENERATOR_VERSION, WorldSpec, generate_world_pair
+from .world import DEFAULT_ORIGIN_LONLAT, GENERATOR_VERSION, WorldSpec, generate_world_pair
 
 DATASET_KIND = "synthetic-crossview-dataset"
 WRITER_VERSION = "synth-writer-1"
@@ -78,7 +79,7 @@ class SynthConfig:
     views_train: int = 6
     views_eval: int = 4
     world_gsd_m: float = 1.2
-    origin_lonlat: tuple[float, float] = (8.40, 47.45)
+    origin_lonlat: tuple[float, float] = DEFAULT_ORIGIN_LONLAT
     cross_source: bool = True  # drone views from the second date of the synthetic world
     sampling: ViewSampling = field(default_factory=ViewSampling)
     jpeg_quality: int = 95
@@ -149,7 +150,9 @@ def geometry(config: SynthConfig) -> tuple[float, float, float]:
     """(reach, margin, buffer) in metres for this camera and pose distribution."""
     reach = config.sampling.reach_m(config.intrinsics())
     margin = max(reach, config.tile_side_m / 2.0 * 1.5) + config.spacing_m / 2.0
-    buffer = config.tile_side_m + reach
+    # §5.7 asks for at least one tile side plus the reach (no view touches another split's tiles);
+    # twice the reach also keeps the drone footprints of different splits apart.
+    buffer = config.tile_side_m + 2.0 * reach
     return reach, margin, buffer
 
 
@@ -283,6 +286,8 @@ def tile_corners_latlon(ortho: Orthophoto, x: float, y: float, side_m: float) ->
 def _tile_sidecar(ortho: Orthophoto, loc: Location, config: SynthConfig, valid: float) -> dict:
     lon, lat = ortho.world_to_lonlat(loc.x, loc.y)
     return {"id": loc.id, "split": loc.split, "is_distractor": loc.is_distractor, "crs": ortho.crs,
+            "grid_row": loc.row, "grid_col": loc.col, "zoom_level": 0, "source": ortho.source,
+            "source_sha256": ortho.source_sha256,
             "centre_en": [loc.x, loc.y], "centre_latlon": [float(lat), float(lon)],
             "corners_latlon": tile_corners_latlon(ortho, loc.x, loc.y, config.tile_side_m),
             "corner_order": list(CORNER_NAMES), "side_m": config.tile_side_m, "size_px": config.tile_px,
@@ -291,7 +296,7 @@ def _tile_sidecar(ortho: Orthophoto, loc: Location, config: SynthConfig, valid: 
 
 # -- parent side ------------------------------------------------------------------------------
 def _iterate(locations: list[Location], workers: int) -> Iterator[dict]:
-    if workers <= 1:
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for loc in locations:
             yield _render_location(loc)
         return
@@ -420,7 +425,8 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
         geometry={"footprint_reach_m": reach, "margin_m": margin, "split_buffer_m": buffer,
                   "min_split_gap_m": split_gap_m(locations), "grid_rows": plan.rows,
                   "grid_columns": {"train": plan.columns[0], "val": plan.columns[1], "test": plan.columns[2]},
-                  "split_bands": "train west, val middle, test east"},
+                  "split_bands": "train west, val middle, test east",
+                  "separation": "no satellite tile or drone footprint of one split overlaps any of another split"},
         difficulty={"tile_side_m": config.tile_side_m, "altitude_m": list(config.sampling.altitude_m),
                     "pitch_deg": list(config.sampling.pitch_deg), "yaw_deg": list(config.sampling.yaw_deg),
                     "hfov_deg": config.sampling.hfov_deg, "appearance": config.sampling.appearance,
