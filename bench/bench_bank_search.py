@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine_description
 
 from meanloc.runtime.artifacts import new_manifest
 from meanloc.runtime.bank import LocalFrame, SatelliteBank, SearchWindow
@@ -32,16 +33,6 @@ from meanloc.runtime.bank.search import ExactSearcher
 from meanloc.runtime.bank.tiles import TileTable, tile_dtype
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_mb() -> dict[str, float]:
@@ -166,7 +157,7 @@ def markdown(results: list[dict[str, float]], args: argparse.Namespace) -> str:
     lines = [
         f"Bank search, {args.dim}-d float16 memory-mapped, k={args.k}, batch={args.batch} queries, block {args.block_rows} rows",
         "Machine: {} ({} logical cores visible), numpy {}, Python {}; {}".format(
-            _cpu_model(),
+            machine_description(),
             os.cpu_count(),
             np.__version__,
             platform.python_version(),

@@ -20,7 +20,6 @@ Usage:
 
 import argparse
 import datetime
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import machine_description, random_onnx
 
 from meanloc.calibration.calibset import from_dataset, from_folder
 from meanloc.calibration.pipeline import CalibrationOutputs, calibrate, open_calibration_dir
@@ -39,19 +39,6 @@ from meanloc.export.parity import synthetic_aerial_image
 SPEED_TARGET = 0.6
 MAX_R1_DROP = 1.0
 MIN_QDQ_COSINE = 0.98
-
-
-def _cpu_description() -> str:
-    """Model name and the SIMD features that decide int8 speed (VNNI, AVX-512)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text() if cpuinfo.exists() else ""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None
-    )
-    flags = [
-        flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {flag}" in text
-    ]
-    return f"{model or platform.processor() or 'unknown CPU'} ({', '.join(flags) or 'no AVX2'})"
 
 
 def _synthetic_images(folder: Path, count: int, size: int) -> Path:
@@ -101,21 +88,11 @@ def _interleaved(
 
 
 def speed(args: argparse.Namespace) -> int:
-    import torch
-
-    from meanloc.export.onnx_export import export_model_onnx
-    from meanloc.runtime.identity import ModelIdentity
-    from meanloc.runtime.preprocess import PreprocessSpec
-    from meanloc.training.model import build_model, resolve_config
-
-    config = resolve_config(args.preset)
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    identity = ModelIdentity("0" * 64, args.preset, config.embed_dim, PreprocessSpec(size=config.img_size))
     with tempfile.TemporaryDirectory(prefix="meanloc-bench-int8-") as tmp:
         work = Path(tmp)
-        print(f"exporting {args.preset} ({config.img_size} px) ...", file=sys.stderr)
-        fp32 = export_model_onnx(model, identity, work / "fp32.onnx", parity=False)
+        print(f"exporting {args.preset} ...", file=sys.stderr)
+        fp32, model = random_onnx(work / "fp32.onnx", args.preset)
+        config = model.config
         images = _synthetic_images(work / "images", args.calib_images, config.img_size)
         calib_set = from_folder(images, fp32.identity.preprocess, args.calib_images, args.calib_batch)
         outputs = calibrate(fp32.path, calib_set, work / "calib", method="minmax", progress=True)
@@ -137,7 +114,7 @@ def speed(args: argparse.Namespace) -> int:
     base_median, base_p90 = np.median(times["ORT FP32"]), np.percentile(times["ORT FP32"], 90)
     print(
         f"\nINT8 CPU latency, {args.preset} {config.img_size} px, batch 1, {args.threads} threads, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; {_cpu_description()}, "
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; {machine_description()}, "
         f"{datetime.date.today()}\n"
     )
     print("| model | median ms | median / FP32 | p90 / FP32 |")

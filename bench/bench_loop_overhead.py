@@ -17,15 +17,12 @@ Usage: python bench/bench_loop_overhead.py [--frames 20] [--warmup 3] [--model p
 
 import argparse
 import csv
-import datetime
-import os
-import platform
 import tempfile
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from common import machine_description, random_onnx
 
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
@@ -43,30 +40,6 @@ GRID = 100  # 100 x 100 = 10,000 tiles
 TILE_M = 200.0
 STRIDE_M = 100.0
 LAT0, LON0 = 47.0, 8.0
-
-
-def export_paper_onnx(path: Path) -> None:
-    import onnx
-    import torch
-
-    from meanloc.runtime.identity import ModelIdentity
-    from meanloc.runtime.preprocess import PreprocessSpec
-    from meanloc.training.model import build_model, resolve_config
-
-    config = resolve_config("mean-paper")
-    embedder = build_model(config).embedder().eval()
-    size = config.img_size
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(embedder, torch.zeros(1, 3, size, size), str(path), input_names=["images"],
-                          output_names=["embedding"], dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    model = onnx.load(str(path))
-    identity = ModelIdentity("random-init-mean-paper", "mean-paper", config.embed_dim, PreprocessSpec(size=size))
-    for key, value in identity.to_onnx_metadata().items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
 
 
 class RandomEmbedder(EmbeddingBackend):
@@ -134,7 +107,7 @@ def main() -> None:
         folder = Path(tmp)
         model = Path(args.model) if args.model else folder / "mean-paper.onnx"
         if not args.model:
-            export_paper_onnx(model)
+            random_onnx(model, "mean-paper")
         video = folder / "flight.avi"
         write_test_video(video, args.frames + args.warmup)
         with open_backend(str(model), backend="onnxruntime", providers=["cpu"], threads=args.threads) as backend:
@@ -145,9 +118,8 @@ def main() -> None:
     ms = summary["mean_ms"]
     total = sum(ms[stage] for stage in (*STAGES, "sinks"))
     share = 1.0 - ms["embed"] / total
-    print("Loop overhead, {} measured frames after {} warm-up; CPU {} ({} cores), {}".format(
-        summary["frames_processed"], args.warmup, platform.processor() or platform.machine(), os.cpu_count(),
-        datetime.date.today().isoformat()))
+    print("Loop overhead, {} measured frames after {} warm-up; {}".format(
+        summary["frames_processed"], args.warmup, machine_description()))
     print()
     print("| preset | input | bank | decode ms | preprocess ms | embed (network) ms | search ms | estimate+filter ms "
           "| sinks ms | per-frame ms | non-inference share | target |")

@@ -1,0 +1,56 @@
+"""Run every benchmark and write their Markdown tables into one file.
+
+    python bench/run_all.py [--out bench/RESULTS.md] [--quick]
+
+Each script measures ratios within one run; this file only collects their tables, with the
+command that produced each, so the README can quote them.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import machine_description
+
+HERE = Path(__file__).resolve().parent
+
+# (script, full arguments, quick arguments)
+BENCHMARKS = [
+    ("bench_int8_cpu.py", ["speed"], ["speed", "--rounds", "8"]),
+    ("bench_roofline.py", [], ["--rounds", "5"]),
+    ("bench_bank_search.py", [], ["--sizes", "10000,100000"]),
+    ("bench_loop_overhead.py", [], ["--frames", "8"]),
+    ("bench_profiler_overhead.py", [], []),
+    ("bench_train_throughput.py", [], []),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown file to write")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
+    args = parser.parse_args()
+
+    from meanloc.runtime.artifacts import atomic_write_text
+
+    sections = [f"# meanloc benchmarks\n\nMeasured on {machine_description()}.\n"]
+    failures = 0
+    for script, full, quick in BENCHMARKS:
+        argv = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
+        command = "python bench/" + " ".join([script, *(quick if args.quick else full)])
+        print(f"== {command}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        result = subprocess.run(argv, capture_output=True, text=True)
+        elapsed = time.monotonic() - started
+        body = result.stdout.strip() if result.returncode in (0, 1) else f"FAILED (exit {result.returncode}):\n\n```\n{result.stderr[-2000:]}\n```"
+        failures += result.returncode not in (0, 1)  # 1 = ran, but a target was missed (reported in the table)
+        sections.append(f"## `{command}` ({elapsed:.0f} s)\n\n{body}\n")
+    atomic_write_text(args.out, "\n".join(sections))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
