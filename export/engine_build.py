@@ -529,7 +529,7 @@ def _set_precision(
     for name in flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     if options.precision == "int8-implicit":
-        # H-calib's cache-only IInt8EntropyCalibrator2, imported late because it needs TensorRT.
+        # The cache-only IInt8EntropyCalibrator2 (calibration/trt_calibrator.py), imported late because it needs TensorRT.
         from meanloc.calibration.trt_calibrator import cache_only_calibrator
 
         config.int8_calibrator = cache_only_calibrator(trt, calibration_bytes, options.opt_batch)

@@ -28,6 +28,18 @@ def _lat_lon(text: str) -> Tuple[float, float]:
     return lat, lon
 
 
+def _lat_lon_box(text: str) -> Tuple[float, float, float, float]:
+    """'LAT_MIN,LON_MIN,LAT_MAX,LON_MAX' -> (lat_min, lon_min, lat_max, lon_max)."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError("expected LAT_MIN,LON_MIN,LAT_MAX,LON_MAX, got {!r}".format(text))
+    south_west = _lat_lon(",".join(parts[:2]))
+    north_east = _lat_lon(",".join(parts[2:]))
+    if not (south_west[0] < north_east[0] and south_west[1] < north_east[1]):
+        raise argparse.ArgumentTypeError("the box's minimum must lie south-west of its maximum: {!r}".format(text))
+    return south_west + north_east
+
+
 def _positive(kind: type):  # type: ignore[no-untyped-def]
     def parse(text: str) -> Any:
         try:
@@ -92,6 +104,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flight.add_argument("--flight-pitch", type=float, default=0.0, help="camera pitch from nadir (degrees)")
     flight.add_argument("--flight-pattern", default="lawnmower", help="flight pattern (see `meanloc data --help`)")
     flight.add_argument("--flight-seed", type=int, default=0, help="seed of the flight, rendering and prior")
+    flight.add_argument("--flight-area", type=_lat_lon_box, default=None, metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX",
+                        help="keep every frame's look-at point inside this box (e.g. ground held out from training)")
     flight.add_argument("--prior-drift-mps", type=float, default=2.0, help="dead-reckoning drift of the simulated prior")
     flight.add_argument("--prior-jump-every", type=int, default=0, help="inject a prior jump every N frames (0: none)")
     flight.add_argument("--prior-jump-m", type=float, default=300.0, help="size of an injected prior jump (m)")
@@ -196,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         bank = SatelliteBank.open(args.bank, device=args.search_device)
         synthetic = SyntheticFlightOptions(
             frames=args.frames or 100, speed_mps=args.flight_speed, altitude_m=args.flight_altitude,
-            pitch_deg=args.flight_pitch, pattern=args.flight_pattern, seed=args.flight_seed,
+            pitch_deg=args.flight_pitch, pattern=args.flight_pattern, seed=args.flight_seed, area_latlon=args.flight_area,
             prior_drift_mps=args.prior_drift_mps, prior_jump_every=args.prior_jump_every,
             prior_jump_m=args.prior_jump_m)
         source = open_source(args.source, synthetic=synthetic, folder_period_s=1.0 / args.folder_fps,

@@ -1,4 +1,4 @@
-"""Tiny on-disk datasets in the real University-1652 and SUES-200 layouts, for H-data's tests.
+"""Tiny on-disk datasets in the real University-1652 and SUES-200 layouts, for the data and evaluation tests.
 
 Images are constant grey squares whose grey level encodes a code, so a test backend can map an
 image back to an embedding it chooses (see `code_of`), plus deliberately corrupt files.

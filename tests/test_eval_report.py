@@ -143,12 +143,8 @@ def test_cli_checkpoint(university, nano_checkpoint, tmp_path, capsys):
 
 
 def test_cli_onnx_matches_checkpoint(university, nano_checkpoint, tmp_path):
-    pytest.importorskip("onnxruntime")
-    try:
-        from meanloc.export.onnx_export import export_onnx
-        from meanloc.runtime.backends import open_backend  # noqa: F401  (written by H-backends)
-    except ImportError as exc:
-        pytest.skip(f"ONNX export/backends not available yet: {exc}")
+    from meanloc.export.onnx_export import export_onnx
+
     path, _ = nano_checkpoint
     onnx_path = tmp_path / "nano.onnx"
     export_onnx(str(path), str(onnx_path))

@@ -94,3 +94,17 @@ def test_prior_drifts_and_jumps():
     jumps = [i for i, f in enumerate(jumpy) if f.jumped]
     assert jumps and jumpy[jumps[0]].error_m == pytest.approx(150.0)
     assert simulate_prior(plan, seed=9) == simulate_prior(plan, seed=9)
+
+
+def test_flight_area_keeps_every_look_at_point_inside():
+    ortho = _ortho()
+    min_x, min_y, max_x, max_y = ortho.bounds_world()
+    area = (min_x + 100.0, min_y + 100.0, min_x + 700.0, max_y - 100.0)  # a band, like a held-out split
+    plan = plan_flight(ortho, n_frames=30, speed_mps=10.0, altitude_m=150.0, pitch_deg=20.0, seed=2,
+                       intrinsics=INTR, area=area)
+    targets = np.array([frame.pose.target_xy for frame in plan])
+    assert np.all((targets[:, 0] >= area[0]) & (targets[:, 0] <= area[2]))
+    assert np.all((targets[:, 1] >= area[1]) & (targets[:, 1] <= area[3]))
+    with pytest.raises(MeanlocError, match="flight area"):
+        plan_flight(ortho, n_frames=30, speed_mps=10.0, altitude_m=150.0, pitch_deg=20.0, seed=2,
+                    intrinsics=INTR, area=(min_x + 100.0, min_y + 100.0, min_x + 150.0, min_y + 150.0))

@@ -43,6 +43,7 @@ from .losses import LossOptions, LossWeights, MeanLoss, default_loss_weights
 from .model import MEAN, MeanConfig, ViewOutputs, build_model, resolve_config
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # satellite, drone, labels
+BUDGET_CHECK_STEPS = 10  # with --max-minutes, re-fit the schedule to the budget this often
 
 
 class TrainData(Protocol):
@@ -263,6 +264,7 @@ class Trainer:
         total = config.epochs * len(first_epoch)
         if config.max_steps:
             total = min(total, config.max_steps)
+        self.max_schedule_steps = total
         self.schedule = CosineWithWarmup(round(config.warmup_ratio * total), total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.use_amp = config.amp and self.ctx.device.type == "cuda"
@@ -357,14 +359,23 @@ class Trainer:
         return elapsed
 
     def _fit_schedule_to_budget(self, steps_timed: int, seconds: float) -> None:
-        """Once, after a few timed steps: shrink the cosine so it ends when the budget does."""
-        if self.config.max_minutes is None or self.budget_fixed:
+        """Fit the cosine's end to the wall-clock budget from the recent step rate.
+
+        Called every few steps, so a slow start (thread warm-up, a busy machine) does not fix a
+        too-short schedule; the warmup length is fixed at the first estimate.
+        """
+        if self.config.max_minutes is None:
             return
         remaining = 60 * self.config.max_minutes - self._elapsed()
-        affordable = self.step + int(0.97 * remaining * steps_timed / max(seconds, 1e-9))
-        self.schedule.total = max(self.step + 1, min(self.schedule.total, affordable))
-        self.schedule.warmup = min(self.schedule.warmup, round(self.config.warmup_ratio * self.schedule.total))
-        self.budget_fixed = True
+        affordable = self.step + int(0.98 * remaining * steps_timed / max(seconds, 1e-9))
+        if self.ctx.is_distributed:  # rank 0's estimate for all: every rank must keep the same schedule
+            value = torch.tensor([affordable])
+            torch.distributed.broadcast(value, src=0)
+            affordable = int(value)
+        self.schedule.total = max(self.step + 1, min(self.max_schedule_steps, affordable))
+        if not self.budget_fixed:
+            self.schedule.warmup = min(self.schedule.warmup, round(self.config.warmup_ratio * self.schedule.total))
+            self.budget_fixed = True
 
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to the end of the schedule (or budget); `until_step` pauses earlier, checkpointed and
@@ -380,6 +391,7 @@ class Trainer:
         history: list[dict[str, Any]] = []
         progress = _progress_bar(config.progress and ctx.is_main, self.schedule.total, self.step)
         images_seen, timing_start, timed_steps = 0, time.monotonic(), 0
+        window_start = timing_start
         last_loss = math.nan
         best_path: Path | None = None
         stop = False
@@ -397,8 +409,10 @@ class Trainer:
                 self.batch_in_epoch += 1
                 images_seen += 2 * labels.shape[0] * ctx.world_size
                 timed_steps += 1
-                if timed_steps == 10:
-                    self._fit_schedule_to_budget(timed_steps, time.monotonic() - timing_start)
+                if timed_steps % BUDGET_CHECK_STEPS == 0:  # rate over the last window only
+                    now = time.monotonic()
+                    self._fit_schedule_to_budget(BUDGET_CHECK_STEPS, now - window_start)
+                    window_start = now
                     if progress is not None:
                         progress.total = self.schedule.total
                 if self.step % config.log_every == 0 or self.step == 1:

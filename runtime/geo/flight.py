@@ -82,8 +82,13 @@ def _sample_track(waypoints: np.ndarray, distances: np.ndarray) -> Tuple[np.ndar
 def plan_flight(ortho: Orthophoto, n_frames: int, speed_mps: float = 10.0, altitude_m: float = 200.0,
                 pitch_deg: float = 40.0, seed: int = 0, pattern: str = "straight",
                 intrinsics: Optional[CameraIntrinsics] = None, fps: float = 1.0, leg_m: float = 600.0,
-                spacing_m: float = 150.0, attempts: int = 200) -> List[FramePose]:
-    """Place a track of `n_frames` frames on `ortho` so every footprint is on valid imagery."""
+                spacing_m: float = 150.0, attempts: int = 200,
+                area: Optional[Tuple[float, float, float, float]] = None) -> List[FramePose]:
+    """Place a track of `n_frames` frames on `ortho` so every footprint is on valid imagery.
+
+    `area` (min_x, min_y, max_x, max_y in the orthophoto's CRS) keeps every look-at point inside
+    it, e.g. to fly only over ground held out from training.
+    """
     if pattern not in PATTERNS:
         raise MeanlocError("unknown flight pattern '{}' (choose {})".format(pattern, ", ".join(PATTERNS)))
     if n_frames < 1 or speed_mps <= 0 or fps <= 0 or altitude_m <= 0:
@@ -96,25 +101,38 @@ def plan_flight(ortho: Orthophoto, n_frames: int, speed_mps: float = 10.0, altit
     rng = np.random.default_rng(seed)
     times = np.arange(n_frames) / fps
     local = _waypoints(pattern, speed_mps * times[-1] + 1e-6, leg_m, spacing_m)
-    min_x, min_y, max_x, max_y = ortho.bounds_world()
+    min_x, min_y, max_x, max_y = area if area is not None else ortho.bounds_world()
     ahead = altitude_m * math.tan(math.radians(pitch_deg))
     for _ in range(attempts):
         angle = math.radians(rng.uniform(0.0, 360.0))
         rot = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
-        start = np.array([rng.uniform(min_x, max_x), rng.uniform(min_y, max_y)])
-        track = local @ rot.T + start
+        # Place the rotated track so its whole bounding box (plus the look-ahead) lies in the area.
+        rotated = local @ rot.T
+        low = np.array([min_x, min_y]) + ahead - rotated.min(axis=0)
+        high = np.array([max_x, max_y]) - ahead - rotated.max(axis=0)
+        if np.any(low > high):
+            continue
+        track = rotated + rng.uniform(low, high)
         vehicle, heading = _sample_track(track, speed_mps * times)
         psi = np.radians(heading)
         targets = vehicle + ahead * np.stack([np.sin(psi), np.cos(psi)], axis=1)
+        if area is not None and not _inside(targets, area):
+            continue
         poses = [Pose((float(x), float(y)), altitude_m, pitch_deg, float(h)) for (x, y), h in zip(targets, heading)]
         if all(footprint_inside(ortho, intrinsics, p, footprint(intrinsics, p).polygon_xy, samples=4) for p in poses):
             lon, lat = ortho.world_to_lonlat(targets[:, 0], targets[:, 1])
             return [FramePose(i, float(times[i]), poses[i], (float(lon[i]), float(lat[i])),
                               (float(vehicle[i, 0]), float(vehicle[i, 1])), float(heading[i]))
                     for i in range(n_frames)]
-    raise MeanlocError("orthophoto ({:.0f} x {:.0f} m) is too small for a {} flight of {} frames at {} m/s, "
-                       "{} m altitude, pitch {}".format(max_x - min_x, max_y - min_y, pattern, n_frames, speed_mps,
+    raise MeanlocError("{} ({:.0f} x {:.0f} m) is too small for a {} flight of {} frames at {} m/s, "
+                       "{} m altitude, pitch {}".format("flight area" if area is not None else "orthophoto",
+                                                         max_x - min_x, max_y - min_y, pattern, n_frames, speed_mps,
                                                          altitude_m, pitch_deg))
+
+
+def _inside(points: np.ndarray, area: Tuple[float, float, float, float]) -> bool:
+    min_x, min_y, max_x, max_y = area
+    return bool(np.all((points[:, 0] >= min_x) & (points[:, 0] <= max_x) & (points[:, 1] >= min_y) & (points[:, 1] <= max_y)))
 
 
 def render_flight(ortho: Orthophoto, plan: Sequence[FramePose], intrinsics: Optional[CameraIntrinsics] = None,

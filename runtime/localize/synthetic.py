@@ -2,13 +2,15 @@
 
 Each frame carries its truth, the look-at ground point at the image centre (what retrieval
 localises, §4.2 of datasets-and-metrics.md), the heading and altitude, and a simulated
-dead-reckoning prior with drift and injected jumps (§5.5). Rendering and planning are H-geo's
-`meanloc.runtime.geo.flight`. Python 3.8 compatible (needs rasterio/pyproj for GeoTIFFs).
+dead-reckoning prior with drift and injected jumps (§5.5). Rendering and planning are
+`meanloc.runtime.geo.flight`'s. Python 3.8 compatible (needs rasterio/pyproj for GeoTIFFs).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
 
 from meanloc.errors import MeanlocError
 
@@ -28,6 +30,8 @@ class SyntheticFlightOptions:
     prior_jump_every: int = 0
     prior_jump_m: float = 300.0
     appearance: bool = True
+    # (lat_min, lon_min, lat_max, lon_max): every look-at point stays inside (None: anywhere)
+    area_latlon: Optional[Tuple[float, float, float, float]] = None
 
 
 class SyntheticFlightSource(FrameSource):
@@ -42,9 +46,19 @@ class SyntheticFlightSource(FrameSource):
         self.options = options
         self.ortho = Orthophoto.from_geotiff(ortho_path)
         self.plan = plan_flight(self.ortho, options.frames, speed_mps=options.speed_mps, altitude_m=options.altitude_m,
-                                pitch_deg=options.pitch_deg, seed=options.seed, pattern=options.pattern, fps=options.fps)
+                                pitch_deg=options.pitch_deg, seed=options.seed, pattern=options.pattern, fps=options.fps,
+                                area=self._area_world(options.area_latlon))
         self.priors = simulate_prior(self.plan, drift_mps=options.prior_drift_mps, jump_every=options.prior_jump_every,
                                      jump_m=options.prior_jump_m, seed=options.seed + 1)
+
+    def _area_world(self, area_latlon: Optional[Tuple[float, float, float, float]]) -> Optional[Tuple[float, float, float, float]]:
+        """The lat/lon box as the box in the orthophoto's CRS spanned by its four corners."""
+        if area_latlon is None:
+            return None
+        lat_min, lon_min, lat_max, lon_max = area_latlon
+        x, y = self.ortho.lonlat_to_world(np.array([lon_min, lon_max, lon_max, lon_min]),
+                                          np.array([lat_min, lat_min, lat_max, lat_max]))
+        return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
 
     def __iter__(self) -> Iterator[Frame]:
         from ..geo.flight import render_flight
