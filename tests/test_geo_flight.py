@@ -98,7 +98,7 @@ def test_prior_drifts_and_jumps():
 
 def test_flight_area_keeps_every_look_at_point_inside():
     ortho = _ortho()
-    min_x, min_y, max_x, max_y = ortho.bounds_world()
+    min_x, min_y, _, max_y = ortho.bounds_world()
     area = (min_x + 100.0, min_y + 100.0, min_x + 700.0, max_y - 100.0)  # a band, like a held-out split
     plan = plan_flight(ortho, n_frames=30, speed_mps=10.0, altitude_m=150.0, pitch_deg=20.0, seed=2,
                        intrinsics=INTR, area=area)
