@@ -26,6 +26,8 @@ class DemoOptions:
     seed: int = 0
     data_preset: str = "demo"
     model_preset: str = "mean-small"
+    batch_size: int = 0  # 0: the synthetic training recipe's
+    flight_pattern: str = "lawnmower"
 
 
 @dataclass
@@ -48,20 +50,41 @@ def tensorrt_usable() -> bool:
         return False
 
 
-def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool) -> List[DemoStep]:
+def data_step(options: DemoOptions, work: Path) -> DemoStep:
+    data = work / "data"
+    return DemoStep("data", "generate the synthetic world and its cross-view dataset",
+                    ["data", "synth", "--preset", options.data_preset, "--seed", str(options.seed), "--out", str(data)],
+                    [data / "dataset.json", data / "world" / "satellite.tif"])
+
+
+def held_out_area(data: Path, margin_deg: float = 0.001) -> str:
+    """LAT_MIN,LON_MIN,LAT_MAX,LON_MAX around the test locations, so the flight never sees training ground."""
+    import csv
+
+    with open(str(data / "locations.csv"), newline="") as handle:
+        test = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    if not test:
+        raise MeanlocError("{} has no test locations to fly over".format(data / "locations.csv"))
+    lats = [float(row["lat"]) for row in test]
+    lons = [float(row["lon"]) for row in test]
+    return "{:.6f},{:.6f},{:.6f},{:.6f}".format(min(lats) - margin_deg, min(lons) - margin_deg,
+                                                max(lats) + margin_deg, max(lons) + margin_deg)
+
+
+def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool, flight_area: str) -> List[DemoStep]:
+    """Every step after `data` (the flight area comes from the generated dataset)."""
     data, train, calib = work / "data", work / "train", work / "calib"
     checkpoint = train / "best.pt"
     onnx = work / "model.onnx"
     int8_cpu = calib / "model.int8-cpu.onnx"
     flight_models = {"fp32": onnx, "int8": int8_cpu}
     steps = [
-        DemoStep("data", "generate the synthetic world and its cross-view dataset",
-                 ["data", "synth", "--preset", options.data_preset, "--seed", str(options.seed), "--out", str(data)],
-                 [data / "dataset.json", data / "world" / "satellite.tif"]),
         DemoStep("train", "train {} on the synthetic world ({:g} min budget)".format(
                      options.model_preset, options.train_minutes),
                  ["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", options.model_preset,
-                  "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out-dir", str(train)],
+                  "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out-dir", str(train),
+                  "--selection", "val"]
+                 + (["--batch-size", str(options.batch_size)] if options.batch_size else []),
                  [checkpoint]),
         DemoStep("eval", "evaluate drone->satellite and satellite->drone retrieval on the held-out test split",
                  ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--dataset", "synthetic",
@@ -97,7 +120,8 @@ def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool) -> List[Dem
             "flight-" + precision, "fly a synthetic trajectory through the localization loop ({})".format(precision),
             ["localize", "--model", str(model), "--bank", str(work / "bank"),
              "--source", "synthetic:" + str(data / "world" / "drone.tif"), "--frames", str(options.flight_frames),
-             "--flight-seed", str(options.seed), "--estimator", "weighted", "--window-m", "400",
+             "--flight-seed", str(options.seed), "--flight-area", flight_area,
+             "--flight-pattern", options.flight_pattern, "--estimator", "weighted", "--window-m", "400",
              "--jsonl", str(work / "flight-{}.jsonl".format(precision)),
              "--geojson", str(work / "flight-{}.geojson".format(precision)),
              "--summary", str(work / "flight-{}.json".format(precision))],
@@ -120,41 +144,54 @@ def _load_state(path: Path) -> Dict[str, Any]:
         return {}
 
 
-def run_demo(options: DemoOptions) -> int:
+def _run_step(step: DemoStep, position: str, state: Dict[str, Any], state_path: Path,
+              timings: Dict[str, float], upstream_changed: bool) -> bool:
+    """Run one step through the `meanloc` CLI, or reuse it if its command and outputs are unchanged
+    and no earlier step was re-run; returns whether it ran."""
     from meanloc.cli import main as meanloc_main
-    from meanloc.runtime.artifacts import atomic_write_json, ensure_writable_dir
+    from meanloc.runtime.artifacts import atomic_write_json
+
+    done = state.get(step.name, {})
+    if not upstream_changed and done.get("argv") == step.argv and all(p.exists() for p in step.outputs):
+        print("[{}] {}: reusing the finished step".format(position, step.name))
+        timings[step.name] = done.get("seconds", 0.0)
+        return False
+    print("\n[{}] {}\n  $ meanloc {}".format(position, step.description,
+                                              " ".join(shlex.quote(a) for a in step.argv)), flush=True)
+    step_start = time.monotonic()
+    code = meanloc_main(step.argv)
+    if code != 0:
+        raise MeanlocError("demo step '{}' failed (exit {}); fix the cause and re-run `meanloc demo` to "
+                           "resume".format(step.name, code))
+    missing = [str(p) for p in step.outputs if not p.exists()]
+    if missing:
+        raise MeanlocError("demo step '{}' finished without writing {}".format(step.name, ", ".join(missing)))
+    timings[step.name] = round(time.monotonic() - step_start, 1)
+    state[step.name] = {"argv": step.argv, "seconds": timings[step.name]}
+    atomic_write_json(state_path, state)
+    return True
+
+
+def run_demo(options: DemoOptions) -> int:
+    from meanloc.runtime.artifacts import ensure_writable_dir
 
     work = Path(options.workdir)
     if options.fresh and work.exists():
         shutil.rmtree(str(work))
     ensure_writable_dir(work)
     use_tensorrt = tensorrt_usable()
-    print("meanloc demo: work folder {} ({} backend)".format(
-        work, "TensorRT" if use_tensorrt else "ONNX Runtime on CPU; no TensorRT here"))
+    print("meanloc demo: work folder {}, backend: {}".format(
+        work, "TensorRT" if use_tensorrt else "ONNX Runtime on CPU (no TensorRT here)"))
     state_path = work / "demo-state.json"
     state = _load_state(state_path)
-    steps = plan_steps(options, work, use_tensorrt)
     started = time.monotonic()
     timings: Dict[str, float] = {}
-    for number, step in enumerate(steps, 1):
-        done = state.get(step.name, {})
-        if done.get("argv") == step.argv and all(p.exists() for p in step.outputs):
-            print("[{}/{}] {}: reusing the finished step".format(number, len(steps), step.name))
-            timings[step.name] = done.get("seconds", 0.0)
-            continue
-        print("\n[{}/{}] {}\n  $ meanloc {}".format(number, len(steps), step.description,
-                                                    " ".join(shlex.quote(a) for a in step.argv)), flush=True)
-        step_start = time.monotonic()
-        code = meanloc_main(step.argv)
-        if code != 0:
-            raise MeanlocError("demo step '{}' failed (exit {}); fix the cause and re-run `meanloc demo` to "
-                               "resume".format(step.name, code))
-        missing = [str(p) for p in step.outputs if not p.exists()]
-        if missing:
-            raise MeanlocError("demo step '{}' finished without writing {}".format(step.name, ", ".join(missing)))
-        timings[step.name] = round(time.monotonic() - step_start, 1)
-        state[step.name] = {"argv": step.argv, "seconds": timings[step.name]}
-        atomic_write_json(state_path, state)
+    first = data_step(options, work)
+    total = 1 + len(plan_steps(options, work, use_tensorrt, flight_area=""))
+    changed = _run_step(first, "1/{}".format(total), state, state_path, timings, upstream_changed=False)
+    steps = [first] + plan_steps(options, work, use_tensorrt, held_out_area(work / "data"))
+    for number, step in enumerate(steps[1:], 2):
+        changed = _run_step(step, "{}/{}".format(number, total), state, state_path, timings, changed) or changed
     from .demo_report import write_demo_report
 
     summary = write_demo_report(work, steps, timings, time.monotonic() - started)

@@ -11,10 +11,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock training budget in minutes (default 8)")
     parser.add_argument("--flight-frames", type=int, default=150,
                         help="frames of the synthetic flight (default 150)")
+    parser.add_argument("--flight-pattern", default="lawnmower", help="synthetic flight pattern: lawnmower or straight")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, training and flight (default 0)")
     parser.add_argument("--data-preset", default="demo",
                         help="synthetic dataset preset of `meanloc data synth` (default demo; tiny for a smoke run)")
     parser.add_argument("--model-preset", default="mean-small", help="model preset to train (default mean-small)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="training batch in pairs (default: the synthetic recipe's; must not exceed the classes)")
     parser.set_defaults(handler=run)
 
 
@@ -24,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(
         workdir=args.workdir, fresh=args.fresh, train_minutes=args.train_minutes,
         flight_frames=args.flight_frames, seed=args.seed, data_preset=args.data_preset,
-        model_preset=args.model_preset,
+        model_preset=args.model_preset, batch_size=args.batch_size, flight_pattern=args.flight_pattern,
     ))

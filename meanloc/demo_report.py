@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from meanloc.runtime.artifacts import atomic_path, atomic_write_json, ensure_writable_dir
 
-MAP_DOWNSCALE_MAX_PX = 2000
+MAP_MAX_PX = 1600  # the cropped map is downscaled to at most this many pixels
+PAD_PX = 120
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -49,33 +50,39 @@ def plot_trajectory(ortho_path: Path, tracks: Dict[str, List[Dict[str, Any]]], o
     from meanloc.runtime.geo.orthophoto import Orthophoto
 
     ortho = Orthophoto.from_geotiff(str(ortho_path))
-    scale = min(1.0, MAP_DOWNSCALE_MAX_PX / max(ortho.image.shape[:2]))
-    image = cv2.resize(ortho.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
     def to_px(records: Sequence[Dict[str, Any]], lon_key: str, lat_key: str) -> "np.ndarray":
         points = [(r[lon_key], r[lat_key]) for r in records if r.get(lon_key) is not None]
         if not points:
             return np.zeros((0, 2))
         lon, lat = np.asarray(points, dtype=np.float64).T
-        x, y = ortho.lonlat_to_world(lon, lat)
-        cols, rows = ortho.world_to_pixel(x, y)
-        return np.stack([np.asarray(cols) * scale, np.asarray(rows) * scale], axis=1)
+        cols, rows = ortho.world_to_pixel(*ortho.lonlat_to_world(lon, lat))
+        return np.stack([np.asarray(cols), np.asarray(rows)], axis=1)
 
-    figure, axis = plt.subplots(figsize=(10, 10 * image.shape[0] / image.shape[1] + 0.5))
-    axis.imshow(image[:, :, ::-1])
-    first = next(iter(tracks.values()))
-    truth = to_px(first, "truth_lon", "truth_lat")
-    axis.plot(truth[:, 0], truth[:, 1], "-", color="white", lw=2.5, label="true track (look-at point)")
+    truth = to_px(next(iter(tracks.values())), "truth_lon", "truth_lat")
+    estimates = {label: (to_px(records, "fix_lon", "fix_lat"), to_px(records, "filt_lon", "filt_lat"))
+                 for label, records in tracks.items()}
+    # Crop the full-resolution map to the flight (true track and every estimate, padded).
+    everything = np.concatenate([truth] + [part for pair in estimates.values() for part in pair])
+    height_px, width_px = ortho.image.shape[:2]
+    left, top = np.maximum(np.floor(everything.min(axis=0)) - PAD_PX, 0).astype(int)
+    right, bottom = np.minimum(np.ceil(everything.max(axis=0)) + PAD_PX, [width_px, height_px]).astype(int)
+    crop = ortho.image[top:bottom, left:right]
+    scale = min(1.0, MAP_MAX_PX / max(crop.shape[:2]))
+    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+    def on_crop(points: "np.ndarray") -> "np.ndarray":
+        return (points - [left, top]) * scale
+
+    figure, axis = plt.subplots(figsize=(9, min(12.0, max(4.0, 9.0 * crop.shape[0] / crop.shape[1]))))
+    axis.imshow(crop[:, :, ::-1])
+    shown = on_crop(truth)
+    axis.plot(shown[:, 0], shown[:, 1], "-", color="white", lw=2.5, label="true track (look-at point)")
     colours = ["#ff3b30", "#34c759", "#0a84ff", "#ff9f0a"]
-    for colour, (label, records) in zip(colours, tracks.items()):
-        raw = to_px(records, "fix_lon", "fix_lat")
-        estimate = to_px(records, "filt_lon", "filt_lat")
+    for colour, (label, (raw, estimate)) in zip(colours, estimates.items()):
+        raw, estimate = on_crop(raw), on_crop(estimate)
         axis.scatter(raw[:, 0], raw[:, 1], s=6, color=colour, alpha=0.45, label="raw fixes ({})".format(label))
         axis.plot(estimate[:, 0], estimate[:, 1], "-", color=colour, lw=1.6, label="filtered estimate ({})".format(label))
-    if len(truth):
-        pad = 60
-        axis.set_xlim(max(0, truth[:, 0].min() - pad * 4), min(image.shape[1], truth[:, 0].max() + pad * 4))
-        axis.set_ylim(min(image.shape[0], truth[:, 1].max() + pad * 4), max(0, truth[:, 1].min() - pad * 4))
     axis.set_title("Synthetic flight: true vs estimated track over the satellite orthophoto")
     axis.legend(loc="lower right", fontsize=8)
     axis.set_axis_off()
