@@ -111,7 +111,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # images decoded once into RAM, clamped temperature, last epoch. Loss weights: the dataset
     # defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {
-        "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "cache_images": True,
+        "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
         "max_minutes": 10.0, "max_logit_scale": 100.0, "selection": "last",
     },
 }

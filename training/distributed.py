@@ -3,7 +3,7 @@
 N processes x B pairs must train like 1 process x N·B pairs. Three pieces make that exact:
 - `gather_with_grad`: InfoNCE needs every rank's embeddings as negatives, and the gradient of a
   negative must flow back to the rank that produced it (plain dist.all_gather cuts the graph);
-- `RankBatchSlicer`: the class-unique sampler builds *global* batches; each rank takes its
+- `rank_slice`: the class-unique sampler builds *global* batches; each rank takes its
   contiguous slice, so the union over ranks is the global batch (a DistributedSampler would
   break the class-uniqueness of a batch);
 - the loss scaling in `meanloc.training.losses.MeanLoss`.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -107,27 +106,8 @@ def all_reduce_mean(values: dict[str, torch.Tensor], world_size: int) -> dict[st
     return {key: float(value) / world_size for key, value in zip(keys, stacked)}
 
 
-class RankBatchSlicer:
-    """Wraps a sampler of global batches (lists of indices) and yields this rank's contiguous slice."""
-
-    def __init__(self, global_batches: Iterable[list[int]], rank: int, world_size: int) -> None:
-        self.global_batches = global_batches
-        self.rank = rank
-        self.world_size = world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.global_batches, "set_epoch"):
-            self.global_batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.global_batches)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches:
-            yield rank_slice(list(batch), self.rank, self.world_size)
-
-
 def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's contiguous share of a global batch (the union over ranks is the global batch)."""
     if len(batch) % world_size:
         raise MeanlocError(f"global batch of {len(batch)} is not divisible by {world_size} processes")
     per_rank = len(batch) // world_size

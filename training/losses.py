@@ -9,7 +9,6 @@ gradient (see `MeanLoss.forward`).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -122,9 +121,6 @@ class LossOptions:
     label_smoothing: float = 0.1
     max_logit_scale: float | None = None  # faithful: no clamp
     cda_duplicate_mse: bool = True  # faithful: L_CDA = 2(1 − cos)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class MeanLoss(nn.Module):

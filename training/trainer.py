@@ -6,7 +6,8 @@ views -> MeanLoss -> (scaled) backward -> unscale -> clip by value -> step -> pe
 Exact resume (`--resume`): the checkpoint's train_state holds the optimiser, scheduler and
 GradScaler states, the step/epoch counters, the current epoch's batch order and position, and
 the Python/NumPy/torch RNG states, so on CPU the resumed run draws the same augmentations and
-dropout masks as the uninterrupted one and its next loss is identical.
+dropout masks as the uninterrupted one and its next loss is identical. (Not under
+`--max-minutes`: there the schedule's length follows the measured step rate.)
 """
 
 from __future__ import annotations
