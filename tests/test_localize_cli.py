@@ -6,6 +6,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -79,7 +80,12 @@ def test_sigint_flushes_and_closes_every_sink(setup, tmp_path):
         first = [process.stdout.readline() for _ in range(5)]  # the loop is running
         assert all(line.startswith("{") for line in first)
         process.send_signal(signal.SIGINT)
-        rest, stderr = process.communicate(timeout=60)
+        # Not communicate(): it reads the raw pipe and would drop lines readline() already buffered.
+        watchdog = threading.Timer(60, process.kill)
+        watchdog.start()
+        rest, stderr = process.stdout.read(), process.stderr.read()
+        process.wait()
+        watchdog.cancel()
     finally:
         if process.poll() is None:
             process.kill()
