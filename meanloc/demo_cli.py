@@ -12,6 +12,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flight-frames", type=int, default=150,
                         help="frames of the synthetic flight (default 150)")
     parser.add_argument("--flight-pattern", default="lawnmower", help="synthetic flight pattern: lawnmower or straight")
+    parser.add_argument("--cross-source", action="store_true",
+                        help="render drone views and the flight from the world's second date (harder; the default "
+                        "uses one date, an optimistic setting)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, training and flight (default 0)")
     parser.add_argument("--data-preset", default="demo",
                         help="synthetic dataset preset of `meanloc data synth` (default demo; tiny for a smoke run)")
@@ -28,4 +31,5 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir, fresh=args.fresh, train_minutes=args.train_minutes,
         flight_frames=args.flight_frames, seed=args.seed, data_preset=args.data_preset,
         model_preset=args.model_preset, batch_size=args.batch_size, flight_pattern=args.flight_pattern,
+        cross_source=args.cross_source,
     ))

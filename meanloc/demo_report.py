@@ -15,6 +15,14 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _setting(dataset_manifest: Path) -> str:
+    dataset = _read_json(dataset_manifest) or {}
+    if dataset.get("cross_source"):
+        return "cross-source: drone views and flight rendered from the world's second date, tiles from the first"
+    return ("single date (optimistic): drone views, flight and satellite tiles all come from one orthophoto; "
+            "run `meanloc demo --cross-source` for the harder setting")
+
+
 def _retrieval(eval_report: Dict[str, Any]) -> Dict[str, Any]:
     rows = {}
     for row in eval_report["results"]:
@@ -109,6 +117,7 @@ def write_demo_report(work: Path, steps: Sequence[Any], timings: Dict[str, float
             "int8_cpu_onnx": str(work / "calib" / "model.int8-cpu.onnx"),
             "calibration_cache": str(work / "calib" / "calibration.cache"), "bank": str(work / "bank"),
         },
+        "setting": _setting(work / "data" / "dataset.json"),
         "notes": [
             "Synthetic flat world (see dataset.json notes): an optimistic proxy for real imagery.",
             "Localization errors are geodesic metres to the look-at ground point of each frame.",
@@ -137,7 +146,8 @@ def write_demo_report(work: Path, steps: Sequence[Any], timings: Dict[str, float
 
 
 def format_summary(summary: Dict[str, Any], report_dir: Path) -> str:
-    lines = ["meanloc demo summary (synthetic world; every number names its convention)"]
+    lines = ["meanloc demo summary (synthetic world; every number names its convention)",
+             "  setting: " + summary["setting"]]
     for name, values in (summary["retrieval"] or {}).items():
         lines.append("  retrieval {:<40} R@1 {:6.2f}  R@5 {:6.2f}  AP {:6.2f}  ({} queries, {} ranked)".format(
             name, values["R@1"], values["R@5"], values["AP"], values["queries"], values["gallery_ranked"]))

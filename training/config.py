@@ -107,7 +107,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # mean-paper runs at 384 px; the img_size default comes from whichever preset is chosen.
     "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
     "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
-    # For 2 CPU cores and a 10-minute budget (see the H-train report): the small net at 64 px,
+    # For 2 CPU cores and a 10-minute budget (bench/bench_train_throughput.py): the small net at 64 px,
     # images decoded once into RAM, clamped temperature, last epoch. Loss weights: the dataset
     # defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {

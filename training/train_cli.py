@@ -3,7 +3,7 @@
     meanloc train --dataset university --data-root data/University-1652     # the paper recipe
     meanloc train --dataset sues200 --data-root data/SUES-200 --altitude 150
     meanloc train --dataset synthetic --data-root runs/synth --out-dir runs/demo   # demo: 10 min, 2 cores
-    torchrun --nproc-per-node 4 -m meanloc.cli train --config my.yaml             # DDP
+    torchrun --nproc-per-node 4 -m meanloc train --config my.yaml             # DDP
 
 Precedence: built-in defaults < the dataset's recipe < --config YAML < options given here.
 """

@@ -1,4 +1,4 @@
-"""Connects H-data's readers (`meanloc.training.data`) to the trainer's `TrainData` protocol.
+"""Connects the dataset readers (`meanloc.training.data`) to the trainer's `TrainData` protocol.
 
 Two loaders over the same pairs and the same class-unique global batch order:
 - `DiskPairs`: the reference pipeline, `PairDataset` (albumentations, read per step) in a DataLoader;

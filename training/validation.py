@@ -1,4 +1,4 @@
-"""Model selection on the validation split: drone->satellite R@1 and AP via H-data's evaluator.
+"""Model selection on the validation split: drone->satellite R@1 and AP via training/evaluate.py.
 
 The trainer never sees the test split (mean-model.md §10 pitfall 3): `TrainConfig.validate`
 refuses `val_split: test`, and this validator only reads `config.val_split`.
