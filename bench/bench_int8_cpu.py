@@ -19,7 +19,6 @@ Usage:
 """
 
 import argparse
-import datetime
 import sys
 import tempfile
 import time
@@ -114,8 +113,7 @@ def speed(args: argparse.Namespace) -> int:
     base_median, base_p90 = np.median(times["ORT FP32"]), np.percentile(times["ORT FP32"], 90)
     print(
         f"\nINT8 CPU latency, {args.preset} {config.img_size} px, batch 1, {args.threads} threads, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; {machine_description()}, "
-        f"{datetime.date.today()}\n"
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; {machine_description()}\n"
     )
     print("| model | median ms | median / FP32 | p90 / FP32 |")
     print("|---|---|---|---|")
