@@ -123,3 +123,15 @@ def test_device_split_is_not_double_counted():
     assert stages["h2d"]["mean_ms"] == pytest.approx(1.0) and stages["d2h"]["mean_ms"] == pytest.approx(1.0)
     device_and_host = sum(stages[s]["mean_ms"] for s in ("decode", "preprocess", "h2d", "inference", "d2h"))
     assert device_and_host <= stages["total"]["mean_ms"] * 1.0001
+
+
+def test_jtop_readings_become_samples_with_the_same_energy_rule():
+    from meanloc.runtime.profiling.tegrastats import jtop_sample
+
+    power = {"rail": {"VDD_IN": {"volt": 5000, "curr": 1200, "power": 6000}, "VDD_SOC": {"power": 1500}},
+             "tot": {"power": 6000}}
+    temperature = {"tj": {"temp": 52.5, "online": True}, "cv0": {"temp": -256.0, "online": False}}
+    sample = jtop_sample(power, temperature, 0.0)
+    assert sample.rails_mw == {"VDD_IN": 6000.0, "VDD_SOC": 1500.0}
+    assert sample.temperatures_c == {"tj": 52.5}
+    assert energy_per_inference_mj([sample], 1.0, 10)["energy_per_inference_mj"] == pytest.approx(600.0)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..localize.kalman import ConstantVelocityKalman
     from .profiler import ProfileTarget, profile
     from .report import markdown_table, write_report
-    from .tegrastats import TegrastatsSampler, energy_per_inference_mj, read_power_mode
+    from .tegrastats import JtopSampler, TegrastatsSampler, energy_per_inference_mj, read_power_mode
 
     paths = list(args.model) + list(args.engine)
     if not paths:
@@ -88,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     notes = []
     sampler = TegrastatsSampler()
+    if not sampler.available:
+        sampler = JtopSampler()  # type: ignore[assignment]
     if args.no_telemetry:
         notes.append("telemetry disabled (--no-telemetry)")
     elif not sampler.available:
-        line = "no tegrastats on this machine: power, clocks and temperatures not recorded"
+        line = "no tegrastats or jtop on this machine: power, clocks and temperatures not recorded"
         print("meanloc profile: " + line, file=sys.stderr)
         notes.append(line)
     power_mode = read_power_mode()
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     inferences = sum(r["iterations"] * r["batch_size"] for r in report["results"])
     report["telemetry"] = {
         "power_mode": power_mode,
-        "tegrastats_samples": len(samples),
+        "sampler": type(sampler).__name__,
+        "samples": len(samples),
         "energy": energy_per_inference_mj(samples, wall, inferences) if samples else None,
         "note": "energy = mean module power x wall time / inferences over the whole run (idle not subtracted)",
     }

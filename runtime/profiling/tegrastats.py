@@ -1,4 +1,4 @@
-"""Jetson telemetry from `tegrastats` (or jtop when installed), parsed by rail name.
+"""Jetson telemetry from `tegrastats` (or jtop when tegrastats is missing), parsed by rail name.
 
 Rail sets differ between boards (Orin Nano/NX: VDD_IN, VDD_CPU_GPU_CV, VDD_SOC; AGX Orin:
 VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0, VDDQ_VDD2_1V8AO), and formats differ between releases
@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # Rails that measure the whole module input; when present, energy uses it alone (no double count).
 TOTAL_POWER_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -162,3 +162,50 @@ def _first_line(command: List[str], pattern: str) -> Optional[str]:
     output = _run(command)
     match = re.search(pattern, output or "")
     return match.group(1).strip() if match else None
+
+
+def jtop_sample(power: Dict[str, Any], temperature: Dict[str, Any], time_s: float) -> TegrastatsSample:
+    """A jtop reading (jetson-stats 4.x: `jetson.power`, `jetson.temperature`) as a sample."""
+    sample = TegrastatsSample(time_s=time_s)
+    for name, rail in (power.get("rail") or {}).items():
+        if isinstance(rail, dict) and "power" in rail:
+            sample.rails_mw[name] = float(rail["power"])
+    for name, sensor in (temperature or {}).items():
+        if isinstance(sensor, dict) and sensor.get("online", True) and "temp" in sensor:
+            sample.temperatures_c[name] = float(sensor["temp"])
+    return sample
+
+
+class JtopSampler:
+    """The same samples from jtop (jetson-stats), for machines where tegrastats is not usable
+    (containers with /run/jtop.sock mounted, or users without sudo)."""
+
+    def __init__(self, interval_ms: int = 100) -> None:
+        self.interval_ms = interval_ms
+        self.samples: List[TegrastatsSample] = []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        try:
+            from jtop import jtop  # noqa: F401
+        except ImportError:
+            self.available = False
+        else:
+            self.available = True
+
+    def start(self) -> None:
+        if self.available:
+            self._thread = threading.Thread(target=self._read, daemon=True)
+            self._thread.start()
+
+    def _read(self) -> None:
+        from jtop import jtop
+
+        with jtop(interval=self.interval_ms / 1000.0) as jetson:
+            while jetson.ok() and not self._stop.is_set():
+                self.samples.append(jtop_sample(jetson.power, jetson.temperature, time.monotonic()))
+
+    def stop(self) -> List[TegrastatsSample]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        return self.samples
