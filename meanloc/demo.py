@@ -42,18 +42,6 @@ class DemoStep:
     outputs: List[Path] = field(default_factory=list)
 
 
-def tensorrt_usable() -> bool:
-    """True when TensorRT imports and a CUDA GPU answers (then the demo builds engines)."""
-    try:
-        import tensorrt  # noqa: F401
-
-        from meanloc.runtime.trt_env import describe_environment
-
-        return bool(describe_environment(probe_dla=False).get("gpu"))
-    except Exception:
-        return False
-
-
 def data_step(options: DemoOptions, work: Path) -> DemoStep:
     data = work / "data"
     return DemoStep("data", "generate the synthetic world and its cross-view dataset",
@@ -184,7 +172,9 @@ def run_demo(options: DemoOptions) -> int:
     if options.fresh and work.exists():
         shutil.rmtree(str(work))
     ensure_writable_dir(work)
-    use_tensorrt = tensorrt_usable()
+    from meanloc.runtime.trt_env import tensorrt_gpu_unavailable_reason
+
+    use_tensorrt = tensorrt_gpu_unavailable_reason() is None
     print("meanloc demo: work folder {}, backend: {}".format(
         work, "TensorRT" if use_tensorrt else "ONNX Runtime on CPU (no TensorRT here)"))
     state_path = work / "demo-state.json"

@@ -387,3 +387,21 @@ def opencv_has_gstreamer(build_information: str) -> bool:
     PyPI's opencv-python does not, which breaks the Jetson CSI camera pipeline)."""
     match = re.search(r"^\s*GStreamer:\s*(\S+)", build_information, re.MULTILINE)
     return bool(match) and match.group(1).upper() == "YES"
+
+
+def tensorrt_gpu_unavailable_reason() -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here, or None when TensorRT and a CUDA GPU answer.
+
+    Shared by the demo (builds engines only when this is None) and the `gpu` test marker.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    try:
+        env = engine_environment(probe_dla=False)
+    except Exception as exc:  # any failure to probe means: no usable GPU here
+        return "cannot probe CUDA ({})".format(exc)
+    if not env.get("gpu"):
+        return "no CUDA GPU found"
+    return None

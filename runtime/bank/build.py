@@ -8,7 +8,6 @@ files are complete, and finally concatenates the shards into the bank and remove
 Python 3.8 compatible; tqdm is imported lazily.
 """
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,14 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
-from ..artifacts import atomic_path, atomic_write_json, ensure_writable_dir, read_json, sha256_file
+from ..artifacts import (
+    atomic_path,
+    atomic_write_json,
+    ensure_writable_dir,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+)
 from .store import MANIFEST_FILE, read_manifest, write_bank
 from .tiles import records_from_rows
 from .tiling import FileTileSource, OrthophotoTileSource
@@ -58,7 +64,7 @@ def build_bank(
         "identity": backend.identity.to_dict(),
         "shard_size": int(shard_size),
     }
-    plan_sha = hashlib.sha256(json.dumps(plan, sort_keys=True).encode("utf-8")).hexdigest()
+    plan_sha = sha256_bytes(json.dumps(plan, sort_keys=True).encode("utf-8"))
     finished = _finished_bank(out_dir, plan_sha, resume)
     if finished is not None:
         return finished
