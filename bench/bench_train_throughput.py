@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from meanloc.runtime.query_view import FRAMES_AS_CAPTURED
 from meanloc.training.config import build_config
 from meanloc.training.trainer import Trainer
 
@@ -32,6 +33,8 @@ CONFIGS = [
 
 class RandomPairs:
     """TrainData of random images: B distinct classes per batch, no decoding cost."""
+
+    query_view = FRAMES_AS_CAPTURED  # the images are random: nothing to rectify
 
     def __init__(self, num_classes: int, batch_size: int, img_size: int, batches: int) -> None:
         self.num_classes = num_classes

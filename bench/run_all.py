@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("bench_loop_overhead.py", [], ["--frames", "8"]),
     ("bench_profiler_overhead.py", [], []),
     ("bench_train_throughput.py", [], []),
+    ("bench_query_view.py", [], ["--minutes", "2"]),
 ]
 
 

@@ -45,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from .calibset import from_dataset, from_folder
     from .pipeline import calibrate
 
-    spec = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity.preprocess
+    identity = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity
+    spec = identity.preprocess
     if args.images:
         calib_set = from_folder(args.images, spec, args.num_images, args.batch, args.seed)
     else:
-        calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch, args.seed)
+        calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch, args.seed,
+                                 query_view=identity.query_view)
     print(
         f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch})"
     )

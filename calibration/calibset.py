@@ -4,7 +4,8 @@ Drawn either from a plain image folder (stratified over its sub-folders) or from
 in the University-1652 layout (drone and satellite views alternate, and within a view the
 classes take turns), so a few hundred images cover both views and many places. The draw is
 deterministic for a seed. Images go through `meanloc.runtime.preprocess.preprocess_batch`,
-the same function the runtime uses, so the ranges describe what the deployed model will see.
+the same function the runtime uses, and a dataset's drone views are prepared as the model's
+queries (`meanloc.runtime.query_view`), so the ranges describe what the deployed model will see.
 
 Only whole batches are used: TensorRT's calibrator has a fixed batch size.
 """
@@ -20,7 +21,9 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 from meanloc.training.data.listing import is_image_file, require_folder
+from meanloc.training.data.query_images import read_query_image
 from meanloc.training.data.university import university_eval_views, university_train_views
 
 SPLITS = ("train", "val", "test")
@@ -33,6 +36,9 @@ class CalibrationSet:
     batch_size: int
     source: str
     seed: int
+    # Drone views among `paths`, prepared as the model's queries.
+    query_paths: frozenset[Path] = frozenset()
+    query_view: QueryView = FRAMES_AS_CAPTURED
 
     @property
     def num_batches(self) -> int:
@@ -46,7 +52,12 @@ class CalibrationSet:
         """(batch, 3, S, S) float32 batches, preprocessed exactly as at run time."""
         for start in range(0, self.num_images, self.batch_size):
             chunk = self.paths[start : start + self.batch_size]
-            yield preprocess_batch([read_image_bgr(str(path)) for path in chunk], self.spec)
+            yield preprocess_batch([self._read(path) for path in chunk], self.spec)
+
+    def _read(self, path: Path) -> np.ndarray:
+        if path in self.query_paths:
+            return read_query_image(path, self.query_view, self.spec.size)
+        return read_image_bgr(str(path))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -55,6 +66,7 @@ class CalibrationSet:
             "batch_size": self.batch_size,
             "seed": self.seed,
             "preprocess": self.spec.to_dict(),
+            "query_view": self.query_view.to_dict(),
         }
 
 
@@ -78,7 +90,8 @@ def _shuffled_strata(strata: dict[str, list[Path]], rng: np.random.Generator) ->
 
 
 def _finish(
-    ordered: list[Path], num_images: int, batch_size: int, spec: PreprocessSpec, source: str, seed: int
+    ordered: list[Path], num_images: int, batch_size: int, spec: PreprocessSpec, source: str, seed: int,
+    query_paths: frozenset[Path] = frozenset(), query_view: QueryView = FRAMES_AS_CAPTURED,
 ) -> CalibrationSet:
     if batch_size < 1 or num_images < 1:
         raise MeanlocError(
@@ -93,7 +106,7 @@ def _finish(
     usable = min(num_images, len(ordered)) // batch_size * batch_size
     if usable == 0:
         raise MeanlocError(f"--num-images {num_images} is fewer than one calibration batch of {batch_size}")
-    return CalibrationSet(tuple(ordered[:usable]), spec, batch_size, source, seed)
+    return CalibrationSet(tuple(ordered[:usable]), spec, batch_size, source, seed, query_paths, query_view)
 
 
 def from_folder(
@@ -116,14 +129,21 @@ def from_dataset(
     num_images: int = 256,
     batch_size: int = 16,
     seed: int = 0,
+    query_view: QueryView = FRAMES_AS_CAPTURED,
 ) -> CalibrationSet:
     """Drone and satellite images of a University-1652-layout split, alternating views, classes in turn."""
     if split not in SPLITS:
         raise MeanlocError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
-    views = university_train_views(root) if split == "train" else university_eval_views(root, "d2s", split)
+    if split == "train":
+        satellite, drone = university_train_views(root)
+    else:
+        drone, satellite = university_eval_views(root, "d2s", split)
+    views = (satellite, drone)
     rng = np.random.default_rng(seed)
     per_view = [_shuffled_strata(view.classes, rng) for view in views]
     # Drone views first: they are the ones queried onboard, and also the majority.
     ordered = _round_robin(sorted(per_view, key=lambda paths: -len(paths)))
     folders = ", ".join(str(view.folder) for view in views)
-    return _finish(ordered, num_images, batch_size, spec, f"dataset split {split} ({folders})", seed)
+    query_paths = frozenset(path for paths in drone.classes.values() for path in paths)
+    return _finish(ordered, num_images, batch_size, spec, f"dataset split {split} ({folders})", seed,
+                   query_paths, query_view)

@@ -12,6 +12,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flight-frames", type=int, default=150,
                         help="frames of the synthetic flight (default 150)")
     parser.add_argument("--flight-pattern", default="lawnmower", help="synthetic flight pattern: lawnmower or straight")
+    parser.add_argument("--flight-altitude", type=float, default=200.0, help="flight height above ground in m (default 200)")
+    parser.add_argument("--flight-pitch", type=float, default=40.0,
+                        help="camera pitch from nadir in degrees (default 40; 0 = nadir)")
+    parser.add_argument("--no-pose-aware", dest="pose_aware", action="store_false",
+                        help="embed drone frames as captured (MEAN as published) instead of rectifying them with "
+                        "the camera attitude")
     parser.add_argument("--cross-source", action="store_true",
                         help="render drone views and the flight from the world's second date (harder; the default "
                         "uses one date, an optimistic setting)")
@@ -31,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir, fresh=args.fresh, train_minutes=args.train_minutes,
         flight_frames=args.flight_frames, seed=args.seed, data_preset=args.data_preset,
         model_preset=args.model_preset, batch_size=args.batch_size, flight_pattern=args.flight_pattern,
-        cross_source=args.cross_source,
+        cross_source=args.cross_source, flight_altitude_m=args.flight_altitude, flight_pitch_deg=args.flight_pitch,
+        pose_aware=args.pose_aware,
     ))

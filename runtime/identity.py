@@ -8,13 +8,14 @@ reported). Python 3.8 compatible.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 from meanloc import __version__
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
 from .preprocess import PreprocessSpec
+from .query_view import QueryView
 
 ONNX_METADATA_PREFIX = "meanloc."
 
@@ -28,6 +29,8 @@ class ModelIdentity:
     # Which artifact computes the embeddings, and at which precision (fp32, fp16, int8-...).
     precision: str = "fp32"
     artifact_sha256: Optional[str] = None
+    # How drone frames become queries (artifacts older than this field: frames as captured).
+    query_view: QueryView = field(default_factory=QueryView)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class ModelIdentity:
             "preprocess": self.preprocess.to_dict(),
             "precision": self.precision,
             "artifact_sha256": self.artifact_sha256,
+            "query_view": self.query_view.to_dict(),
         }
 
     @classmethod
@@ -49,6 +53,7 @@ class ModelIdentity:
                 preprocess=PreprocessSpec.from_dict(payload["preprocess"]),
                 precision=str(payload.get("precision", "fp32")),
                 artifact_sha256=payload.get("artifact_sha256"),
+                query_view=QueryView.from_dict(payload.get("query_view")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MeanlocError("invalid model identity in manifest: missing or bad field {}".format(exc)) from None
@@ -67,6 +72,7 @@ class ModelIdentity:
             ONNX_METADATA_PREFIX + "preprocess": json.dumps(spec.to_dict(), sort_keys=True),
             ONNX_METADATA_PREFIX + "version": __version__,
             ONNX_METADATA_PREFIX + "precision": self.precision,
+            ONNX_METADATA_PREFIX + "query_view": json.dumps(self.query_view.to_dict(), sort_keys=True),
         }
 
     @classmethod
@@ -84,6 +90,7 @@ class ModelIdentity:
                 preprocess=PreprocessSpec.from_dict(json.loads(props[key + "preprocess"])),
                 precision=props.get(key + "precision", "fp32"),
                 artifact_sha256=artifact_sha256,
+                query_view=QueryView.from_dict(json.loads(props.get(key + "query_view", "{}"))),
             )
         except (KeyError, ValueError) as exc:
             raise ArtifactMismatchError("{} has incomplete meanloc metadata ({})".format(source, exc)) from None

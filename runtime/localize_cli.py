@@ -81,6 +81,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a fix is confident when top-1 beats the best non-adjacent tile by this cosine margin")
     parser.add_argument("--no-north-up", action="store_true",
                         help="do not rotate frames that carry a heading (synthetic flights) to north-up before embedding")
+    camera = parser.add_argument_group(
+        "camera facts for pose-aware models, used when frames do not carry them (video files, plain cameras)")
+    camera.add_argument("--camera-hfov", type=_positive(float), default=None, metavar="DEG",
+                        help="horizontal field of view of the lens")
+    camera.add_argument("--camera-pitch", type=float, default=None, metavar="DEG", help="fixed gimbal pitch from nadir")
+    camera.add_argument("--altitude-agl", type=_positive(float), default=None, metavar="M", help="height above ground")
+    camera.add_argument("--heading", type=float, default=None, metavar="DEG",
+                        help="heading of the optical axis, clockwise from north")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
@@ -139,7 +147,7 @@ def _open_sinks(args: argparse.Namespace) -> List[Any]:
 def _loop_config(args: argparse.Namespace) -> Any:
     from .localize.estimate import EstimatorConfig
     from .localize.kalman import KalmanConfig
-    from .localize.loop import LoopConfig
+    from .localize.loop import CameraDefaults, LoopConfig
     from .localize.window import WindowConfig
 
     return LoopConfig(
@@ -151,6 +159,8 @@ def _loop_config(args: argparse.Namespace) -> Any:
         prior_lonlat=(args.prior[1], args.prior[0]) if args.prior else None,
         target_fps=args.target_fps,
         north_up=not args.no_north_up,
+        camera=CameraDefaults(hfov_deg=args.camera_hfov, pitch_deg=args.camera_pitch, altitude_m=args.altitude_agl,
+                              heading_deg=args.heading),
     )
 
 

@@ -119,3 +119,17 @@ def test_class_without_any_readable_pair_is_one_line_error(tmp_path):
     dataset = PairDataset([Pair(str(sat), str(drone), 0)], img_size=32, augment=False)
     with pytest.raises(MeanlocError, match="none of its 1 pairs is readable"):
         dataset[0]
+
+
+def test_pose_aware_pairs_turn_together():
+    """With north-up (rectified) drone views, RandomRotate90 turns both views by the same amount."""
+    size = 32
+    plain, joint = PairAugment(img_size=size), PairAugment(img_size=size, joint_rot90=True)
+    ks = set()
+    for seed in range(12):
+        reference, together = plain(half_bright(), half_bright(), seed=seed), joint(half_bright(), half_bright(), seed=seed)
+        k = together.satellite_rot90_k
+        assert np.array_equal(together.satellite, reference.satellite)
+        assert np.array_equal(together.drone, np.rot90(reference.drone, k, axes=(1, 2)))
+        ks.add(k)
+    assert len(ks) >= 3

@@ -61,3 +61,39 @@ def test_augmentation_core_matches_the_preprocessing_definition():
     assert len(core.transforms) == 2
     augmented = core(image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))["image"].transpose(2, 0, 1)
     assert np.allclose(augmented, preprocess_batch([bgr], spec)[0], atol=1e-5)
+
+
+def test_pose_aware_queries_are_prepared_identically_everywhere(tmp_path):
+    """A drone view with its pose sidecar: training (disk and RAM), evaluation, calibration and the
+    onboard loop's `prepare_query` all feed the same rectified array."""
+    import json
+
+    from meanloc.calibration.calibset import CalibrationSet
+    from meanloc.runtime.geo.rectify import CameraAttitude
+    from meanloc.runtime.query_view import QueryView, prepare_query
+    from meanloc.training.cached_pairs import CachedPairs
+
+    view = QueryView(ground_side_m=120.0)
+    attitude = CameraAttitude(altitude_m=150.0, pitch_deg=35.0, yaw_deg=60.0, hfov_deg=70.0, roll_deg=1.5)
+    path = tmp_path / "image-01.jpeg"
+    texture = cv2.resize(np.random.default_rng(2).integers(0, 256, (12, 16, 3), dtype=np.uint8), (128, 96))
+    cv2.imwrite(str(path), texture)
+    sidecar = {"camera": {"hfov_deg": attitude.hfov_deg},
+               "pose": {"altitude_m": attitude.altitude_m, "pitch_deg": attitude.pitch_deg,
+                        "yaw_deg": attitude.yaw_deg, "roll_deg": attitude.roll_deg}}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    spec = PreprocessSpec(size=SIZE)
+
+    runtime = preprocess_batch([prepare_query(read_image_bgr(str(path)), view, attitude, SIZE)], spec)[0]
+    seen = []
+    extract_embeddings(lambda b: seen.append(b.copy()) or np.ones((len(b), 4), np.float32), [str(path)], spec,
+                       query_view=view)
+    _, disk_drone, _ = PairDataset([Pair(str(path), str(path), 0)], img_size=SIZE, augment=False, query_view=view)[0]
+    _, ram_drone, _ = CachedPairs([(str(path), str(path), 0)], SIZE, augment=False, query_view=view).batch([0])
+    calibration = next(CalibrationSet((path,), spec, 1, "test", 0, frozenset({path}), view).batches())[0]
+
+    for array in (seen[0][0], disk_drone.numpy(), calibration):
+        assert np.array_equal(array, runtime)
+    np.testing.assert_allclose(ram_drone[0].numpy(), runtime, atol=1e-5)
+    # and not trivially: the frame as captured gives another array
+    assert not np.allclose(preprocess_batch([read_image_bgr(str(path))], spec)[0], runtime, atol=0.1)

@@ -55,6 +55,49 @@ def test_filter_recovers_after_a_jump_by_reinitialising():
     assert np.hypot(*(np.array(kf.position) - (_truth(49.0) + jump))) < 3 * NOISE_M
 
 
+def test_scattered_outliers_never_reinitialise_the_filter():
+    """As many consecutive rejected fixes as trigger a re-init, but far from each other: kept out."""
+    rng = np.random.RandomState(2)
+    config = KalmanConfig(accel_std=0.5, max_rejections=4)
+    kf = ConstantVelocityKalman(config)
+    for i in range(50):
+        t = float(i)
+        fix = _truth(t) + rng.normal(0.0, NOISE_M, 2)
+        if 30 <= i < 38:  # eight wrong fixes in a row, in every direction ~400 m away
+            angle = i * 2.4
+            fix = _truth(t) + 400.0 * np.array([np.cos(angle), np.sin(angle)])
+        result = kf.update((fix[0], fix[1]), t, NOISE_M)
+        assert not result.reinitialised or i == 0
+        assert result.accepted == (not 30 <= i < 38)
+    assert np.hypot(*(np.array(kf.position) - _truth(49.0))) < 3 * NOISE_M
+
+
+def test_odometry_drives_the_prediction_and_its_jumps_are_ignored():
+    """With the vehicle's displacement per frame the prediction follows a turn the constant-velocity
+    model would overshoot; a displacement faster than max_speed_mps (a reset of the odometry source)
+    falls back to the motion model."""
+    config = KalmanConfig(odometry_std_mps=1.0, max_speed_mps=40.0)
+    with_odometry, without = ConstantVelocityKalman(config), ConstantVelocityKalman(config)
+    position = np.array([0.0, 0.0])
+    for kf in (with_odometry, without):
+        kf.reset((0.0, 0.0), 0.0, 5.0)
+    for i in range(1, 8):  # east at 10 m/s, then north at 10 m/s
+        step = np.array([10.0, 0.0]) if i < 4 else np.array([0.0, 10.0])
+        position = position + step
+        with_odometry.predict(float(i), (step[0], step[1]))
+        without.predict(float(i))
+        for kf in (with_odometry, without):
+            kf.update((position[0], position[1]), float(i), 5.0)
+    with_odometry.predict(8.0, (0.0, 10.0))
+    without.predict(8.0)
+    truth = position + np.array([0.0, 10.0])
+    assert np.hypot(*(np.array(with_odometry.position) - truth)) < 1.0
+    assert np.hypot(*(np.array(without.position) - truth)) > 2.0
+    before = np.array(with_odometry.position)
+    with_odometry.predict(9.0, (300.0, 0.0))  # 300 m in one second: not motion
+    assert np.hypot(*(np.array(with_odometry.position) - before)) < 20.0
+
+
 def test_window_grows_without_fixes_and_falls_back_to_global():
     policy = SearchWindowPolicy(WindowConfig(radius_m=200.0, drift_mps=10.0, max_radius_m=500.0, max_low_confidence=3))
     assert policy.choose(0.0, None) is None  # nothing to centre on

@@ -69,7 +69,9 @@ def test_mavlink_gps_input_reaches_a_pymavlink_parser_over_udp():
     sink = MavlinkGpsInputSink(f"udpout:127.0.0.1:{port}", wall_clock=lambda: 1700000000.0)
     try:
         record = dict.fromkeys(RECORD_FIELDS)
-        record.update(lat=47.3769123, lon=8.5417456, trusted=True, accuracy_m=20.0)
+        # An oblique camera: the look-at estimate (lat/lon) lies ahead of the vehicle, which is what is sent.
+        record.update(lat=47.3789123, lon=8.5437456, vehicle_lat=47.3769123, vehicle_lon=8.5417456, trusted=True,
+                      accuracy_m=20.0)
         sink.write(record)
         message = _receive(receiver)
         assert message.get_type() == "GPS_INPUT"

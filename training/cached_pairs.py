@@ -7,7 +7,8 @@ Each batch is then an index gather plus cheap augmentations that draw from torch
 so a restored RNG state reproduces them exactly (`--resume`).
 
 Augmentations (a reduced form of shared/docs/mean-model.md §6.3): the pair-level joint horizontal
-flip (p=0.5), satellite-only RandomRotate90 (p=1), and per-image brightness/contrast jitter.
+flip (p=0.5), satellite-only RandomRotate90 (p=1; the same turn for both views with pose-aware,
+north-up queries), and per-image brightness/contrast jitter.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image_bgr, resize_bgr
+from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
+
+from .data.query_images import read_query_image
 
 
-def decode_images(paths: Sequence[str], size: int, progress: bool = False) -> torch.Tensor:
-    """(N, 3, size, size) uint8 RGB; a corrupt file is a one-line error naming it."""
+def decode_images(paths: Sequence[str], size: int, progress: bool = False, query_view: QueryView | None = None) -> torch.Tensor:
+    """(N, 3, size, size) uint8 RGB; a corrupt file is a one-line error naming it. With a
+    `query_view`, the files are drone views prepared as that view says."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for index, path in enumerate(tqdm(paths, desc="decoding images", disable=not progress, leave=False)):
         try:
-            image = read_image_bgr(path)
+            image = read_image_bgr(path) if query_view is None else read_query_image(path, query_view, size)
         except Exception as exc:  # OpenCV and the reader raise various types for bad files
             raise MeanlocError(f"cannot read training image {path}: {exc}") from None
         rgb = np.ascontiguousarray(resize_bgr(image, size)[:, :, ::-1].transpose(2, 0, 1))
@@ -38,16 +43,18 @@ def decode_images(paths: Sequence[str], size: int, progress: bool = False) -> to
 class CachedPairs:
     """pairs = [(sat_path, drone_path, class_index), ...] held as decoded uint8 tensors."""
 
-    def __init__(self, pairs: Sequence[tuple[str, str, int]], size: int, augment: bool, progress: bool = False) -> None:
+    def __init__(self, pairs: Sequence[tuple[str, str, int]], size: int, augment: bool, progress: bool = False,
+                 query_view: QueryView = FRAMES_AS_CAPTURED) -> None:
         if not pairs:
             raise MeanlocError("no training pairs to cache")
         sat_paths = sorted({sat for sat, _, _ in pairs})
         sat_index = {path: i for i, path in enumerate(sat_paths)}
         self.satellite = decode_images(sat_paths, size, progress)  # one per class: shared by its pairs
-        self.drone = decode_images([drone for _, drone, _ in pairs], size, progress)
+        self.drone = decode_images([drone for _, drone, _ in pairs], size, progress, query_view)
         self.sat_of_pair = torch.tensor([sat_index[sat] for sat, _, _ in pairs])
         self.labels = torch.tensor([label for _, _, label in pairs])
         self.augment = augment
+        self.joint_rot90 = query_view.rectified
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
@@ -68,8 +75,10 @@ class CachedPairs:
         flip = torch.rand(count) < 0.5  # one decision per pair: both views flip together
         sat = torch.where(flip.view(-1, 1, 1, 1), sat.flip(-1), sat)
         drone = torch.where(flip.view(-1, 1, 1, 1), drone.flip(-1), drone)
-        turns = torch.randint(0, 4, (count,))  # satellite only, as the reference
+        turns = torch.randint(0, 4, (count,))  # satellite only as the reference, unless both are north-up
         sat = torch.stack([torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(sat, turns)])
+        if self.joint_rot90:
+            drone = torch.stack([torch.rot90(image, int(k), dims=(-2, -1)) for image, k in zip(drone, turns)])
         return _jitter(sat), _jitter(drone)
 
 

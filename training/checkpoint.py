@@ -123,6 +123,7 @@ def checkpoint_identity(loaded: LoadedCheckpoint) -> ModelIdentity:
         embed_dim=loaded.config.embed_dim,
         preprocess=PreprocessSpec(size=loaded.config.img_size),
         precision="fp32",
+        query_view=loaded.config.query_view,
     )
 
 

@@ -34,6 +34,8 @@ class TrainConfig:
     data_root: str = _opt("", "dataset root (the folder holding train/, and val/ or test/)")
     altitude: int | None = _opt(None, "SUES-200 altitude in metres (150, 200, 250 or 300); one run per altitude")
     cache_images: bool = _opt(False, "decode and resize every training image once into RAM (fast on few CPU cores)")
+    pose_aware_queries: bool = _opt(False, "rectify each drone view to a north-up ground square with the pose in its sidecar "
+                                    "(synthetic data; the onboard loop then needs attitude and altitude)")
     augment: bool = _opt(True, "reference augmentations (joint flip, colour jitter, blur, dropout, satellite RandomRotate90)")
     num_workers: int = _opt(0, "DataLoader worker processes")
     # --- model -----------------------------------------------------------------------------------
@@ -108,11 +110,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
     "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
     # For 2 CPU cores and a 10-minute budget (bench/bench_train_throughput.py): the small net at 64 px,
-    # images decoded once into RAM, clamped temperature, last epoch. Loss weights: the dataset
+    # images decoded once into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle
+    # knows its attitude; `--no-pose-aware-queries` gives MEAN as published). Loss weights: the dataset
     # defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {
         "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
-        "max_minutes": 10.0, "max_logit_scale": 100.0, "selection": "last",
+        "max_minutes": 10.0, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
     },
 }
 

@@ -22,7 +22,9 @@ from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, write_json_with_markdown
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+from meanloc.runtime.query_view import QueryView
 
+from .data.query_images import read_query_image
 from .data.splits import DATASETS, DIRECTIONS, EvalSplit, load_eval_split
 from .metrics import PROTOCOLS, RetrievalMetrics, check_protocol, retrieval_metrics
 
@@ -49,21 +51,23 @@ class Embeddings:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _load(path: str, spec: PreprocessSpec) -> np.ndarray | None:
+def _load(path: str, spec: PreprocessSpec, query_view: QueryView | None) -> np.ndarray | None:
     try:
-        return preprocess_bgr(read_image_bgr(path), spec)
+        image = read_image_bgr(path) if query_view is None else read_query_image(path, query_view, spec.size)
+        return preprocess_bgr(image, spec)
     except MeanlocError:
         return None
 
 
 def _prefetched_batches(
-    paths: Sequence[str], spec: PreprocessSpec, batch_size: int, pool: ThreadPoolExecutor
+    paths: Sequence[str], spec: PreprocessSpec, batch_size: int, pool: ThreadPoolExecutor,
+    query_view: QueryView | None = None,
 ) -> Iterator[list[np.ndarray | None]]:
     """Yield preprocessed batches while the next batch is already being read."""
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
     def submit(chunk: Sequence[str]) -> list[Future]:
-        return [pool.submit(_load, path, spec) for path in chunk]
+        return [pool.submit(_load, path, spec, query_view) for path in chunk]
 
     pending = submit(chunks[0]) if chunks else []
     for index in range(len(chunks)):
@@ -80,9 +84,11 @@ def extract_embeddings(
     flip_tta: bool = False,
     workers: int = 2,
     progress: str | None = None,
+    query_view: QueryView | None = None,
 ) -> Embeddings:
     """Embed image files in batches; with `flip_tta`, sum the embeddings of the image and of its
-    horizontal flip (as University1652-Baseline does) and re-normalise."""
+    horizontal flip (as University1652-Baseline does) and re-normalise. A `query_view` marks the
+    files as drone views, prepared as the model's queries are."""
     features: list[np.ndarray] = []
     kept: list[int] = []
     unreadable: list[str] = []
@@ -91,7 +97,7 @@ def extract_embeddings(
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
         tqdm(total=len(paths), desc=progress, disable=progress is None, unit="img") as bar,
     ):
-        for batch in _prefetched_batches(paths, spec, batch_size, pool):
+        for batch in _prefetched_batches(paths, spec, batch_size, pool, query_view):
             good = [i for i, array in enumerate(batch) if array is not None]
             unreadable.extend(paths[offset + i] for i, array in enumerate(batch) if array is None)
             if good:
@@ -143,14 +149,15 @@ def torch_embed_fn(model: Any, device: Any = None) -> EmbedFn:
 @contextlib.contextmanager
 def _embedder_for(
     model_or_backend: Any, device: Any
-) -> Iterator[tuple[EmbedFn, PreprocessSpec, dict[str, Any]]]:
-    """(embed_fn, preprocessing, description) for a backend or a torch MEAN model; a torch model
+) -> Iterator[tuple[EmbedFn, PreprocessSpec, QueryView, dict[str, Any]]]:
+    """(embed_fn, preprocessing, query view, description) for a backend or a torch MEAN model; a torch model
     is switched to eval mode for the duration and restored afterwards (the trainer calls this)."""
     if isinstance(model_or_backend, EmbeddingBackend):
         backend = model_or_backend
         yield (
             backend.embed,
             backend.identity.preprocess,
+            backend.identity.query_view,
             {"backend": backend.name, **backend.identity.to_dict()},
         )
         return
@@ -163,8 +170,9 @@ def _embedder_for(
     model.eval()
     try:
         config = model.config
-        info = {"backend": "torch (in-process model)", "preset": config.preset, "embed_dim": config.embed_dim}
-        yield torch_embed_fn(model, device), PreprocessSpec(size=config.img_size), info
+        info = {"backend": "torch (in-process model)", "preset": config.preset, "embed_dim": config.embed_dim,
+                "query_view": config.query_view.to_dict()}
+        yield torch_embed_fn(model, device), PreprocessSpec(size=config.img_size), config.query_view, info
     finally:
         model.train(was_training)
 
@@ -186,11 +194,13 @@ class _EmbeddingCache:
         self,
         embed_fn: EmbedFn,
         spec: PreprocessSpec,
+        query_view: QueryView,
         batch_size: int,
         flip_tta: bool,
         workers: int,
         progress: bool,
     ) -> None:
+        self.query_view = query_view
         self.options = {"spec": spec, "batch_size": batch_size, "flip_tta": flip_tta, "workers": workers}
         self.embed_fn = embed_fn
         self.progress = progress
@@ -198,7 +208,8 @@ class _EmbeddingCache:
         self.bad: set[Any] = set()
         self.unreadable_paths: set[str] = set()
 
-    def embed(self, paths: list[str], what: str) -> Embeddings:
+    def embed(self, paths: list[str], what: str, drone: bool) -> Embeddings:
+        """`drone`: the files are drone views (queries in d2s, the gallery in s2d)."""
         keys = [_file_key(p) for p in paths]
         todo: dict[Any, str] = {}
         for key, path in zip(keys, paths):
@@ -207,7 +218,8 @@ class _EmbeddingCache:
         if todo:
             todo_keys = list(todo)
             fresh = extract_embeddings(
-                self.embed_fn, list(todo.values()), progress=what if self.progress else None, **self.options
+                self.embed_fn, list(todo.values()), progress=what if self.progress else None,
+                query_view=self.query_view if drone else None, **self.options
             )
             self.features.update(zip((todo_keys[i] for i in fresh.kept), fresh.features))
             self.bad.update(key for key in todo_keys if key not in self.features)
@@ -245,12 +257,13 @@ def evaluate_model(
         check_protocol(protocol)
     splits = [load_eval_split(root, dataset, direction, split, altitude) for direction in directions]
     results = []
-    with _embedder_for(model_or_backend, device) as (embed_fn, spec, info):
-        cache = _EmbeddingCache(embed_fn, spec, batch_size, flip_tta, workers, progress)
+    with _embedder_for(model_or_backend, device) as (embed_fn, spec, query_view, info):
+        cache = _EmbeddingCache(embed_fn, spec, query_view, batch_size, flip_tta, workers, progress)
         for eval_split in splits:
             name = DIRECTIONS[eval_split.direction]
-            gallery = cache.embed(eval_split.gallery_paths, f"{name}: gallery")
-            query = cache.embed(eval_split.query_paths, f"{name}: queries")
+            drone_queries = eval_split.direction == "d2s"
+            gallery = cache.embed(eval_split.gallery_paths, f"{name}: gallery", drone=not drone_queries)
+            query = cache.embed(eval_split.query_paths, f"{name}: queries", drone=drone_queries)
             metrics = evaluate_retrieval(eval_split, query, gallery, protocols)
             data = eval_split.summary()
             data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable))

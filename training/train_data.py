@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from .cached_pairs import CachedPairs
 from .config import TrainConfig
 from .data.pairs import PairDataset
+from .data.query_images import dataset_query_view
 from .data.sampler import ClassUniqueBatchSampler
 from .data.splits import TrainSplit, load_train_pairs
 from .trainer import Batch
@@ -24,6 +25,7 @@ class _SampledPairs:
     def __init__(self, split: TrainSplit, config: TrainConfig) -> None:
         self.split = split
         self.num_classes = split.num_classes
+        self.query_view = dataset_query_view(config.data_root, config.pose_aware_queries)
         # Global batches (world_size=1 here): the trainer slices each one for its rank.
         self.sampler = ClassUniqueBatchSampler(split.pair_classes, config.batch_size, seed=config.seed)
 
@@ -34,7 +36,8 @@ class _SampledPairs:
 class DiskPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int) -> None:
         super().__init__(split, config)
-        self.dataset = PairDataset(split.pairs, img_size, augment=config.augment, seed=config.seed)
+        self.dataset = PairDataset(split.pairs, img_size, augment=config.augment, seed=config.seed,
+                                   query_view=self.query_view)
         self.num_workers = config.num_workers
         self.seed = config.seed
 
@@ -51,7 +54,8 @@ class DiskPairs(_SampledPairs):
 class RamPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int, progress: bool) -> None:
         super().__init__(split, config)
-        self.cache = CachedPairs(split.pairs, img_size, augment=config.augment, progress=progress)
+        self.cache = CachedPairs(split.pairs, img_size, augment=config.augment, progress=progress,
+                                 query_view=self.query_view)
 
     def iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Batch]:
         for batch in batches:

@@ -29,6 +29,7 @@ from torch import nn
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from meanloc.runtime.query_view import QueryView
 
 from .checkpoint import load_checkpoint, load_imagenet_backbone, save_checkpoint
 from .config import TrainConfig
@@ -51,6 +52,7 @@ class TrainData(Protocol):
     """What the loop needs from a dataset (see `meanloc.training.train_data` for the real ones)."""
 
     num_classes: int
+    query_view: QueryView  # how its drone views were prepared; recorded in the model config
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """Global class-unique batches of pair indices for this epoch (deterministic in seed, epoch)."""
@@ -289,7 +291,8 @@ class Trainer:
 
     def _model_config(self) -> MeanConfig:
         overrides: dict[str, Any] = {"num_classes": self.config.num_classes or self.data.num_classes,
-                                     "fat_double_softmax": self.config.fat_double_softmax}
+                                     "fat_double_softmax": self.config.fat_double_softmax,
+                                     "query_ground_side_m": self.data.query_view.ground_side_m}
         if self.config.img_size:
             overrides["img_size"] = self.config.img_size
         return resolve_config(self.config.preset, **overrides)

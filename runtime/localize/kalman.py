@@ -1,15 +1,20 @@
 """Constant-velocity Kalman filter on a local metric plane, with Mahalanobis gating.
 
 State (x, y, vx, vy) in metres and m/s. A retrieval fix is a position measurement whose
-noise depends on its confidence. A fix whose squared Mahalanobis distance to the prediction
-exceeds the gate (chi-square, 2 degrees of freedom) is rejected and logged by the caller. After
-`max_rejections` consecutive rejections the filter assumes the vehicle (or the prior) really
-jumped and re-initialises on the latest fix, so a wrong track cannot lock itself in (§4.3 of
-datasets-and-metrics.md). Python 3.8 compatible, numpy only.
+noise depends on its confidence. When the vehicle's odometry (dead reckoning, VIO, the autopilot's
+GNSS-free estimate) gives the displacement since the last frame, the prediction follows it, which
+is far tighter than the constant-velocity model; otherwise the constant-velocity model predicts.
+
+A fix whose squared Mahalanobis distance to the prediction exceeds the gate (chi-square, 2 degrees
+of freedom) is rejected and logged by the caller. Rejected fixes are carried along with the
+prediction; once `max_rejections` consecutive ones agree with each other (within
+`reinit_agreement_m`), the filter assumes it was the one that was wrong and re-initialises on the
+latest fix, so a wrong track cannot lock itself in while scattered outliers cannot hijack it (§4.3
+of datasets-and-metrics.md). Python 3.8 compatible, numpy only.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -25,6 +30,12 @@ class KalmanConfig:
     init_speed_std: float = 15.0
     gate_chi2: float = DEFAULT_GATE_CHI2
     max_rejections: int = 5
+    # Rejected fixes must agree this closely before they may re-initialise the filter (m).
+    reinit_agreement_m: float = 100.0
+    # Odometry error growth: its displacement is trusted to this many metres per second.
+    odometry_std_mps: float = 3.0
+    # An odometry displacement faster than this is a jump of that source, not motion: ignored.
+    max_speed_mps: float = 40.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class ConstantVelocityKalman:
         self.state = np.zeros(4)
         self.cov = np.eye(4)
         self.t: Optional[float] = None
-        self.consecutive_rejections = 0
+        self.rejected_xy: List[np.ndarray] = []  # consecutive rejected fixes, moved with the prediction
 
     @property
     def initialised(self) -> bool:
@@ -63,15 +74,35 @@ class ConstantVelocityKalman:
         speed_var = self.config.init_speed_std ** 2
         self.cov = np.diag([position_std ** 2, position_std ** 2, speed_var, speed_var])
         self.t = t
-        self.consecutive_rejections = 0
+        self.rejected_xy = []
 
-    def predict(self, t: float) -> None:
-        """Propagate the state to time `t` (no-op before initialisation or for dt <= 0)."""
+    def predict(self, t: float, displacement: Optional[Tuple[float, float]] = None) -> None:
+        """Propagate the state to time `t` (no-op before initialisation or for dt <= 0), by the
+        odometry `displacement` (m) since the last call when it is given and plausible."""
         if self.t is None:
             return
         dt = t - self.t
         if dt <= 0:
             return
+        before = self.state[:2].copy()
+        moved = None if displacement is None else np.asarray(displacement, dtype=np.float64)
+        if moved is not None and float(np.hypot(*moved)) <= self.config.max_speed_mps * dt:
+            self._predict_by_odometry(dt, moved)
+        else:
+            self._predict_constant_velocity(dt)
+        shift = self.state[:2] - before
+        self.rejected_xy = [xy + shift for xy in self.rejected_xy]
+        self.t = t
+
+    def _predict_by_odometry(self, dt: float, moved: np.ndarray) -> None:
+        spread = (self.config.odometry_std_mps * dt) ** 2
+        self.state = np.concatenate([self.state[:2] + moved, moved / dt])
+        cov = np.zeros((4, 4))
+        cov[:2, :2] = self.cov[:2, :2] + np.eye(2) * spread
+        cov[2:, 2:] = np.eye(2) * self.config.odometry_std_mps ** 2
+        self.cov = cov
+
+    def _predict_constant_velocity(self, dt: float) -> None:
         transition = np.eye(4)
         transition[0, 2] = transition[1, 3] = dt
         # Discrete white-noise acceleration model.
@@ -83,7 +114,6 @@ class ConstantVelocityKalman:
         noise[np.ix_([1, 3], [1, 3])] = block
         self.state = transition @ self.state
         self.cov = transition @ self.cov @ transition.T + noise
-        self.t = t
 
     def update(self, xy: Tuple[float, float], t: float, fix_std: float) -> UpdateResult:
         """Predict to `t`, then gate and fuse the position fix `xy` with std `fix_std` (m)."""
@@ -96,11 +126,15 @@ class ConstantVelocityKalman:
         inv = np.linalg.inv(innovation_cov)
         d2 = float(innovation @ inv @ innovation)
         if d2 > self.config.gate_chi2:
-            self.consecutive_rejections += 1
-            if self.consecutive_rejections >= self.config.max_rejections:
+            latest = np.asarray(xy, dtype=np.float64)
+            self.rejected_xy.append(latest)
+            recent = self.rejected_xy[-self.config.max_rejections :]
+            agree = all(float(np.hypot(*(other - latest))) <= self.config.reinit_agreement_m for other in recent)
+            if len(recent) >= self.config.max_rejections and agree:
                 # The prediction kept disagreeing with consistent evidence: trust the fixes again.
                 self.reset(xy, t, fix_std)
                 return UpdateResult(True, d2, True)
+            self.rejected_xy = recent
             return UpdateResult(False, d2, False)
         gain = self.cov[:, :2] @ inv
         self.state = self.state + gain @ innovation
@@ -108,5 +142,5 @@ class ConstantVelocityKalman:
         identity_minus = np.eye(4)
         identity_minus[:, :2] -= gain
         self.cov = identity_minus @ self.cov @ identity_minus.T + gain @ (np.eye(2) * fix_std ** 2) @ gain.T
-        self.consecutive_rejections = 0
+        self.rejected_xy = []
         return UpdateResult(True, d2, False)

@@ -1,10 +1,13 @@
 """The onboard localization loop: frame -> embedding -> bank search -> fix -> filter -> sinks.
 
-Per frame: turn the frame north-up when its heading is known (`orient.py`), preprocess (the one
-`runtime.preprocess` definition) and embed with the backend, search the bank globally or in a
+Per frame: prepare the query as the model was trained (`runtime.query_view`: a pose-aware model
+gets the north-up ground patch rectified with the frame's attitude; otherwise the frame is turned
+north-up when its heading is known, `orient.py`), preprocess (the one `runtime.preprocess`
+definition) and embed with the backend, search the bank globally or in a
 window around the filter's prediction / the prior (`window.py`), turn the results into a fix
-with a confidence (`estimate.py`), gate and fuse it in a constant-velocity Kalman filter
-(`kalman.py`), and hand one record to every sink.
+with a confidence (`estimate.py`), gate and fuse it in a Kalman filter (`kalman.py`) that
+predicts with the vehicle's odometry when frames carry a prior position (its frame-to-frame
+displacement), and hand one record to every sink.
 
 The filter always runs, so one run reports both the raw per-frame fix and the filtered estimate
 (and their errors when the source knows the truth); `use_filter` only chooses which of the two
@@ -22,7 +25,9 @@ import numpy as np
 
 from ..backends.base import EmbeddingBackend
 from ..bank.bank import SatelliteBank, SearchWindow
+from ..geo.rectify import CameraAttitude
 from ..preprocess import preprocess_batch
+from ..query_view import prepare_query
 from .estimate import EstimatorConfig, Fix, PositionEstimator
 from .geodesy import DISTANCE_METHOD, geodesic_distance_m
 from .kalman import ConstantVelocityKalman, KalmanConfig
@@ -39,8 +44,28 @@ STAGES = ("decode", "preprocess", "embed", "search", "estimate", "filter")
 RECORD_FIELDS = (
     "t", "frame", "lat", "lon", "fix_lat", "fix_lon", "filt_lat", "filt_lon", "score", "margin", "confidence",
     "confident", "status", "mahalanobis2", "search", "window_m", "tile", "accuracy_m", "trusted", "altitude_m",
-    "truth_lat", "truth_lon", "error_m", "fix_error_m", "filt_error_m",
+    "truth_lat", "truth_lon", "error_m", "fix_error_m", "filt_error_m", "vehicle_lat", "vehicle_lon",
 )
+
+
+@dataclass(frozen=True)
+class CameraDefaults:
+    """Fixed camera facts used when a frame does not carry its own (None: unknown)."""
+
+    hfov_deg: Optional[float] = None
+    pitch_deg: Optional[float] = None
+    altitude_m: Optional[float] = None
+    heading_deg: Optional[float] = None
+
+    def attitude(self, frame: Frame) -> Optional[CameraAttitude]:
+        """The frame's attitude, completed from these defaults; None if anything is unknown."""
+        altitude = self.altitude_m if frame.altitude_m is None else frame.altitude_m
+        pitch = self.pitch_deg if frame.pitch_deg is None else frame.pitch_deg
+        heading = self.heading_deg if frame.heading_deg is None else frame.heading_deg
+        hfov = self.hfov_deg if frame.hfov_deg is None else frame.hfov_deg
+        if altitude is None or pitch is None or heading is None or hfov is None:
+            return None
+        return CameraAttitude(altitude, pitch, heading, hfov, frame.roll_deg or 0.0)
 
 
 @dataclass(frozen=True)
@@ -56,8 +81,11 @@ class LoopConfig:
     target_fps: Optional[float] = None
     # Results fetched per search: enough to usually hold a tile that does not overlap the top-1.
     search_k: int = 32
-    # Rotate frames that carry a heading to north-up, like the bank tiles (§4.3).
+    # Rotate frames that carry a heading to north-up, like the bank tiles (§4.3); models with
+    # pose-aware queries rectify instead.
     north_up: bool = True
+    # For frames whose source does not report them (video files, cameras without telemetry).
+    camera: CameraDefaults = field(default_factory=CameraDefaults)
 
 
 class RateLimiter:
@@ -100,6 +128,9 @@ class LocalizationLoop:
                  clock: Callable[[], float] = time.perf_counter, what: str = "bank vs model") -> None:
         # Same weights, dimension and preprocessing, or embeddings and bank are not comparable.
         bank.identity.check_compatible(backend.identity, what)
+        self.query_view = backend.identity.query_view
+        if len(bank.tiles.side_m):
+            self.query_view.check_tile_side(float(np.median(bank.tiles.side_m)), what)
         self.backend = backend
         self.bank = bank
         self.config = config
@@ -117,6 +148,7 @@ class LocalizationLoop:
         self.stage_means = RunningMeans()
         self.stop_reason = "not started"
         self._stop_requested = False
+        self._last_prior_xy: Optional[Tuple[float, float]] = None
 
     # -- geometry helpers -------------------------------------------------------------------
     def _to_lonlat(self, xy: Tuple[float, float]) -> Tuple[float, float]:
@@ -127,11 +159,34 @@ class LocalizationLoop:
         x, y = self.bank.frame.to_xy(lonlat[1], lonlat[0])
         return float(x), float(y)
 
-    def _window_centre(self, frame: Frame) -> Optional[Tuple[float, float]]:
+    def _odometry(self, frame: Frame) -> Optional[Tuple[float, float]]:
+        """Displacement of the vehicle's own (drifting) position estimate since the last frame."""
+        if frame.prior_lonlat is None:
+            return None
+        here = self._to_xy(frame.prior_lonlat)
+        last, self._last_prior_xy = self._last_prior_xy, here
+        return None if last is None else (here[0] - last[0], here[1] - last[1])
+
+    def _look_at_offset(self, frame: Frame) -> Tuple[float, float]:
+        """Ground vector from the vehicle to the look-at point, h tan(pitch) along the heading.
+        The filter tracks the vehicle, which moves smoothly, while an oblique camera's look-at
+        point swings by hundreds of metres when the vehicle turns. Unknown attitude: nadir."""
+        camera = self.config.camera
+        altitude = camera.altitude_m if frame.altitude_m is None else frame.altitude_m
+        pitch = camera.pitch_deg if frame.pitch_deg is None else frame.pitch_deg
+        heading = camera.heading_deg if frame.heading_deg is None else frame.heading_deg
+        if altitude is None or pitch is None or heading is None:
+            return 0.0, 0.0
+        ahead = altitude * math.tan(math.radians(pitch))
+        return ahead * math.sin(math.radians(heading)), ahead * math.cos(math.radians(heading))
+
+    def _window_centre(self, frame: Frame, offset: Tuple[float, float]) -> Optional[Tuple[float, float]]:
         if self.filter.initialised:
-            return self.filter.position
-        prior = frame.prior_lonlat or self.config.prior_lonlat
-        return self._to_xy(prior) if prior is not None else None
+            vehicle: Optional[Tuple[float, float]] = self.filter.position
+        else:
+            prior = frame.prior_lonlat or self.config.prior_lonlat
+            vehicle = self._to_xy(prior) if prior is not None else None
+        return None if vehicle is None else (vehicle[0] + offset[0], vehicle[1] + offset[1])
 
     # -- one frame --------------------------------------------------------------------------
     def process(self, frame: Frame, decode_s: float = 0.0) -> Optional[Dict[str, Any]]:
@@ -142,9 +197,12 @@ class LocalizationLoop:
         # What backend.embed_images does, in two steps so that preprocessing and the network are
         # timed apart (the overhead budget counts everything but the network).
         image = frame.image
-        if self.config.north_up and frame.heading_deg is not None:
+        spec = self.backend.identity.preprocess
+        if self.query_view.rectified:
+            image = prepare_query(image, self.query_view, self.config.camera.attitude(frame), spec.size)
+        elif self.config.north_up and frame.heading_deg is not None:
             image = rotate_to_north_up(image, frame.heading_deg)
-        batch = preprocess_batch([image], self.backend.identity.preprocess)
+        batch = preprocess_batch([image], spec)
         after_preprocess = clock()
         embedding = self.backend.embed(batch)
         after_embed = clock()
@@ -155,8 +213,9 @@ class LocalizationLoop:
             LOG.warning("frame %d: non-finite embedding, skipped", frame.index)
             return None
 
-        self.filter.predict(frame.t)
-        window = self.window_policy.choose(frame.t, self._window_centre(frame))
+        offset = self._look_at_offset(frame)
+        self.filter.predict(frame.t, self._odometry(frame))
+        window = self.window_policy.choose(frame.t, self._window_centre(frame, offset))
         scores, indices = self.bank.search(embedding, self.search_k, window=window)
         margin = None
         if indices[0, 0] >= 0:
@@ -172,23 +231,22 @@ class LocalizationLoop:
             fix = self.estimator.estimate(scores[0], indices[0], margin)
         self.window_policy.observe(frame.t, fix is not None and fix.confident)
         after_estimate = clock()
-        status = self._filter_fix(frame, fix)
+        status = self._filter_fix(frame, fix, offset)
         after_filter = clock()
         timings["search"] = after_search - after_embed
         timings["estimate"] = after_estimate - after_search
         timings["filter"] = after_filter - after_estimate
         self.counters.frames_processed += 1
         self.stage_means.add(timings)
-        record = self._record(frame, fix, status, window, timings)
-        return record
+        return self._record(frame, fix, status, window, timings, offset)
 
-    def _filter_fix(self, frame: Frame, fix: Optional[Fix]) -> Dict[str, Any]:
+    def _filter_fix(self, frame: Frame, fix: Optional[Fix], offset: Tuple[float, float]) -> Dict[str, Any]:
         if fix is None:
             return {"status": "no_fix", "mahalanobis2": None}
         if not fix.confident:
             return {"status": "low_confidence", "mahalanobis2": None}
         self.counters.fixes_confident += 1
-        result = self.filter.update(fix.xy, frame.t, fix.std_m)
+        result = self.filter.update((fix.xy[0] - offset[0], fix.xy[1] - offset[1]), frame.t, fix.std_m)
         d2 = round(result.mahalanobis2, 3)
         if not result.accepted:
             self.counters.fixes_rejected += 1
@@ -202,7 +260,9 @@ class LocalizationLoop:
         return {"status": "accepted", "mahalanobis2": d2}
 
     def _record(self, frame: Frame, fix: Optional[Fix], status: Dict[str, Any], window: Optional[SearchWindow],
-                timings: Dict[str, float]) -> Dict[str, Any]:
+                timings: Dict[str, float], offset: Tuple[float, float]) -> Dict[str, Any]:
+        """Positions are of the look-at point (what retrieval sees, compared with the truth), plus
+        the vehicle's (`vehicle_lat/lon`: the output minus the look-at offset, for the autopilot)."""
         record: Dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
         record.update(status)
         record["t"] = round(frame.t, 4)
@@ -221,7 +281,8 @@ class LocalizationLoop:
             record["confident"] = fix.confident
         filtered: Optional[Tuple[float, float]] = None
         if self.filter.initialised:
-            filtered = self._to_lonlat(self.filter.position)
+            vehicle = self.filter.position
+            filtered = self._to_lonlat((vehicle[0] + offset[0], vehicle[1] + offset[1]))
             record["filt_lon"], record["filt_lat"] = filtered
         if self.config.use_filter:
             output = filtered
@@ -234,6 +295,8 @@ class LocalizationLoop:
             record["trusted"] = fix is not None and fix.confident
         if output is not None:
             record["lon"], record["lat"] = output
+            x, y = self._to_xy(output)
+            record["vehicle_lon"], record["vehicle_lat"] = self._to_lonlat((x - offset[0], y - offset[1]))
         if frame.truth_lonlat is not None:
             truth = frame.truth_lonlat
             record["truth_lon"], record["truth_lat"] = truth

@@ -7,8 +7,8 @@ PX4 accepts GPS_INPUT on any MAVLink instance as an additional GPS (`SENS_GPS_PR
 which GPS the EKF uses).
 
 What is sent:
-* lat/lon in 1e-7 degrees of the loop's output estimate; altitude, vertical/velocity fields are
-  flagged as ignored (we do not estimate them), unless the frame carried an altitude;
+* lat/lon in 1e-7 degrees of the vehicle (the loop's output minus the camera's look-at offset);
+  altitude, vertical/velocity fields are flagged as ignored (we do not estimate them), unless the frame carried an altitude;
 * fix_type 3 (3D) when the estimate is trustworthy (confident fix or a filter state), else 1
   (no fix), so the autopilot falls back to its own sources;
 * horiz_accuracy (m) from the filter covariance or the fix noise, and an HDOP-like value
@@ -70,7 +70,8 @@ class MavlinkGpsInputSink(Sink):
 
     def write(self, record: Dict[str, Any]) -> None:
         mav = self._mavlink
-        lat, lon = record.get("lat"), record.get("lon")
+        # The vehicle's position, not the camera's look-at point (they differ for an oblique camera).
+        lat, lon = record.get("vehicle_lat", record.get("lat")), record.get("vehicle_lon", record.get("lon"))
         accuracy: Optional[float] = record.get("accuracy_m")
         trusted = lat is not None and lon is not None and bool(record.get("trusted"))
         altitude = record.get("altitude_m")

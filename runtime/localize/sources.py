@@ -39,9 +39,12 @@ class Frame:
     t: float  # seconds on the source's clock (video timestamp, capture time, or flight time)
     image: np.ndarray  # BGR uint8 (H, W, 3)
     truth_lonlat: Optional[Tuple[float, float]] = None
-    prior_lonlat: Optional[Tuple[float, float]] = None
-    heading_deg: Optional[float] = None
-    altitude_m: Optional[float] = None
+    prior_lonlat: Optional[Tuple[float, float]] = None  # the vehicle's own, drifting estimate (dead reckoning)
+    heading_deg: Optional[float] = None  # of the optical axis, clockwise from north
+    altitude_m: Optional[float] = None  # above ground
+    pitch_deg: Optional[float] = None  # camera pitch from nadir
+    roll_deg: Optional[float] = None
+    hfov_deg: Optional[float] = None  # the lens's horizontal field of view
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A synthetic flight as a frame source: frames rendered from a georeferenced orthophoto.
 
 Each frame carries its truth, the look-at ground point at the image centre (what retrieval
-localises, §4.2 of datasets-and-metrics.md), the heading and altitude, and a simulated
+localises, §4.2 of datasets-and-metrics.md), the camera attitude and altitude, and a simulated
 dead-reckoning prior with drift and injected jumps (§5.5). Rendering and planning are
 `meanloc.runtime.geo.flight`'s. Python 3.8 compatible (needs rasterio/pyproj for GeoTIFFs).
 """
@@ -61,12 +61,13 @@ class SyntheticFlightSource(FrameSource):
         return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
 
     def __iter__(self) -> Iterator[Frame]:
-        from ..geo.flight import render_flight
+        from ..geo.flight import DEFAULT_INTRINSICS, render_flight
 
         rendered = render_flight(self.ortho, self.plan, seed=self.options.seed, appearance=self.options.appearance)
         for (pose, image), prior in zip(rendered, self.priors):
-            prior_lon, prior_lat = self.ortho.world_to_lonlat(prior.target_xy[0], prior.target_xy[1])
+            prior_lon, prior_lat = self.ortho.world_to_lonlat(prior.vehicle_xy[0], prior.vehicle_xy[1])
             self.stats.frames += 1
             yield Frame(pose.index, pose.t, image, truth_lonlat=pose.target_lonlat,
                         prior_lonlat=(float(prior_lon), float(prior_lat)), heading_deg=pose.heading_deg,
-                        altitude_m=pose.pose.altitude_m)
+                        altitude_m=pose.pose.altitude_m, pitch_deg=pose.pose.pitch_deg, roll_deg=pose.pose.roll_deg,
+                        hfov_deg=DEFAULT_INTRINSICS.hfov_deg)

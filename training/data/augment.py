@@ -6,6 +6,8 @@ Order, per pair of RGB uint8 images:
   -> ColorJitter(0.15, contrast 0.3 satellite / 0.7 drone, 0.3, 0.3, p=0.5)
   -> OneOf{AdvancedBlur, Sharpen}(p=0.3) -> OneOf{GridDropout(0.4), CoarseDropout(10-25 holes,
   0.1-0.2 of the side)}(p=0.3) -> RandomRotate90(p=1) on the satellite view ONLY -> Normalize.
+  With pose-aware (north-up) queries the drone view turns with the satellite view instead, so the
+  pair stays aligned (`joint_rot90`).
 
 Every call takes a seed and reseeds the pipelines, so an augmented sample depends only on
 (seed, epoch, index): training is reproducible whatever the number of DataLoader workers or
@@ -66,8 +68,9 @@ class AugmentedPair:
 class PairAugment:
     """Callable: (satellite RGB uint8, drone RGB uint8, seed) -> AugmentedPair."""
 
-    def __init__(self, img_size: int) -> None:
+    def __init__(self, img_size: int, joint_rot90: bool = False) -> None:
         spec = PreprocessSpec(size=img_size)
+        self.joint_rot90 = joint_rot90
         self.flip = A.Compose(
             [A.HorizontalFlip(p=0.5)],
             additional_targets={"drone": "image"},
@@ -84,10 +87,12 @@ class PairAugment:
         flipped = _reseeded(self.flip, flip_seed)(image=satellite_rgb, drone=drone_rgb)
         sat = _reseeded(self.satellite, sat_seed)(image=flipped["image"])
         drone = _reseeded(self.drone, drone_seed)(image=flipped["drone"])
+        turns = _rot90_factor(sat["applied_transforms"])
+        drone_image = np.rot90(drone["image"], turns) if self.joint_rot90 else drone["image"]
         return AugmentedPair(
             satellite=_chw(sat["image"]),
-            drone=_chw(drone["image"]),
-            satellite_rot90_k=_rot90_factor(sat["applied_transforms"]),
+            drone=_chw(drone_image),
+            satellite_rot90_k=turns,
             flipped=any(name == "HorizontalFlip" for name, _ in flipped["applied_transforms"]),
             applied={
                 "satellite": [name for name, _ in sat["applied_transforms"]],

@@ -22,8 +22,10 @@ from torch.utils.data import Dataset
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 
 from .augment import PairAugment
+from .query_images import read_query_image
 from .splits import Pair
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,14 @@ class PairDataset(Dataset):
         augment: bool = True,
         seed: int = 1,
         return_rot90: bool = False,
+        query_view: QueryView = FRAMES_AS_CAPTURED,
     ) -> None:
         if not pairs:
             raise MeanlocError("no training pairs")
         self.pairs = list(pairs)
         self.spec = PreprocessSpec(size=img_size)
-        self.augment = PairAugment(img_size) if augment else None
+        self.query_view = query_view
+        self.augment = PairAugment(img_size, joint_rot90=query_view.rectified) if augment else None
         self.seed = int(seed)
         self.epoch = 0
         self.return_rot90 = return_rot90
@@ -91,16 +95,16 @@ class PairDataset(Dataset):
         for offset in range(len(siblings)):
             pair = self.pairs[siblings[(start + offset) % len(siblings)]]
             sat = self._read(pair.sat_path)
-            drone = self._read(pair.drone_path) if sat is not None else None
+            drone = self._read(pair.drone_path, query=True) if sat is not None else None
             if sat is not None and drone is not None:
                 return sat, drone, pair
         raise MeanlocError(
             f"class {self.pairs[index].class_index}: none of its {len(siblings)} pairs is readable"
         )
 
-    def _read(self, path: str) -> np.ndarray | None:
+    def _read(self, path: str, query: bool = False) -> np.ndarray | None:
         try:
-            return read_image_bgr(path)
+            return read_query_image(path, self.query_view, self.spec.size) if query else read_image_bgr(path)
         except MeanlocError:
             with self._unreadable.get_lock():
                 self._unreadable.value += 1

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meanloc.errors import MeanlocError
+from meanloc.runtime.query_view import QueryView
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,18 @@ class MeanConfig:
     # Reference quirk (shared/docs/mean-model.md §2.3): FAT's output is softmaxed a second
     # time in the forward, which leaves it nearly uniform. True reproduces the reference.
     fat_double_softmax: bool = True
+    # Pose-aware queries (meanloc.runtime.query_view): drone frames rectified to a north-up ground
+    # square of this side before embedding; None = frames as captured, as MEAN is published.
+    query_ground_side_m: float | None = None
     quirks_note: str = field(default="faithful", compare=False)
 
     @property
     def embed_dim(self) -> int:
         return self.dims[-1]
+
+    @property
+    def query_view(self) -> QueryView:
+        return QueryView(self.query_ground_side_m)
 
     @property
     def feature_grid(self) -> int:
@@ -71,6 +79,8 @@ class MeanConfig:
             raise MeanlocError(f"model config: img_size must be a multiple of 32, got {self.img_size}")
         if self.block not in (0, 1, 2):
             raise MeanlocError(f"model config: block must be 0, 1 or 2, got {self.block}")
+        if self.query_ground_side_m is not None and self.query_ground_side_m <= 0:
+            raise MeanlocError(f"model config: query_ground_side_m must be positive, got {self.query_ground_side_m}")
         if self.num_classes < 1 or self.bottleneck % 4:
             raise MeanlocError("model config: num_classes must be >= 1 and bottleneck a multiple of 4")
 
