@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export.onnx_graph import load_embedding_onnx
 from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
@@ -27,8 +29,15 @@ from .cache import (
     write_calibration_cache,
 )
 from .calibset import CalibrationSet
+from .fallback import EVAL_IMAGES
 from .onnx_tensors import int8_activation_names, value_names
-from .qdq import CPU_PRECISION, TRT_PRECISION, quantize_for_cpu, quantize_for_tensorrt
+from .qdq import (
+    CPU_PRECISION,
+    TRT_PRECISION,
+    quantize_for_cpu,
+    quantize_for_tensorrt,
+    read_quantization_settings,
+)
 from .ranges import check_method, collect_ranges
 
 CACHE_NAME = "calibration.cache"
@@ -79,7 +88,9 @@ def calibrate(
         int8_activation_names(fp32.model),
         str(folder / CACHE_NAME),
     )
-    quantize_for_tensorrt(fp32.path, folder / QDQ_TRT_NAME, ranges, fp32.identity)
+    quantize_for_tensorrt(
+        fp32.path, folder / QDQ_TRT_NAME, ranges, fp32.identity, eval_batches=_eval_batches(calib_set)
+    )
     quantize_for_cpu(fp32.path, folder / CPU_NAME, fp32.identity, ranges)
 
     manifest = write_cache_manifest(
@@ -92,11 +103,26 @@ def calibrate(
         trt_version=trt_version,
         calibration_set=calib_set.describe(),
         artifacts={
-            TRT_PRECISION: {"file": QDQ_TRT_NAME, "sha256": sha256_file(folder / QDQ_TRT_NAME)},
-            CPU_PRECISION: {"file": CPU_NAME, "sha256": sha256_file(folder / CPU_NAME)},
+            TRT_PRECISION: _artifact_entry(folder / QDQ_TRT_NAME),
+            CPU_PRECISION: _artifact_entry(folder / CPU_NAME),
         },
     )
     return CalibrationOutputs(folder, manifest)
+
+
+def _eval_batches(calib_set: CalibrationSet, images: int = EVAL_IMAGES) -> list[np.ndarray]:
+    """The first calibration batches, about `images` images: what the FP32 fallback is judged on."""
+    batches: list[np.ndarray] = []
+    for batch in calib_set.batches():
+        batches.append(batch)
+        if sum(len(b) for b in batches) >= images:
+            break
+    return batches
+
+
+def _artifact_entry(path: Path) -> dict[str, Any]:
+    # The quantization settings (recipe, FP32 fallback layers, ...) as the model's metadata has them.
+    return {"file": path.name, "sha256": sha256_file(path), "quantization": read_quantization_settings(path)}
 
 
 def open_calibration_dir(folder: str | Path, onnx_sha256: str | None = None) -> CalibrationOutputs:

@@ -5,29 +5,46 @@
   MatMul and Gemm (a residual Add reading the same tensor shares its DQ), float biases.
   `op_types_to_quantize` is set explicitly because ORT's default QDQ registry also wraps
   LayerNormalization, Transpose and others. The opset is kept (TensorRT 8.x parses <= 17).
+  Given calibration images, the layers the embedding is most sensitive to stay FP32 until the
+  mean cosine to FP32 reaches 0.99 (`fallback.py`; at most 15 % of the layers). On the demo
+  model (mean-small, entropy ranges) that took the mean cosine on the val split from 0.978 to
+  0.993: the all-int8 loss came mostly from three GELU-fed `pwconv2` MatMuls, whose symmetric
+  int8 input wastes the negative half of the range; stem/downsample/depthwise exclusion or
+  percentile ranges gained at most 0.003, so a fixed exclusion list was not enough.
 - `int8-cpu`: the fastest ONNX Runtime CPU variant found by measurement. At 384 px the pointwise
-  MLP MatMuls take 72 % of FP32 time (ORT profile), so only MatMuls are quantized: dynamic
-  quantization, S8 weights. `bench/bench_int8_cpu.py speed --candidates` (mean-paper, batch 1,
-  2 threads, median latency / ORT FP32), three runs on a shared 2-vCPU AMD EPYC (AVX2, no VNNI):
-  dynamic MatMul S8 0.70-0.79, static U8S8 MatMul 0.73-0.83, static S8S8 MatMul 0.73, static U8S8
-  Conv+MatMul 1.01, the TensorRT flavour 0.92-1.10. On an AVX-512 VNNI machine (deployment.md §7)
-  dynamic MatMul S8 measured 0.57 and static U8S8 0.76-0.79, hence dynamic. Without VNNI int8 GEMM
-  is at best ~2x FP32, which bounds a MatMul-only model near 0.28 + 0.72 / 2 = 0.64. Dynamic
-  quantization needs no ranges; `static-u8s8` (from the same calibration ranges) stays available
-  for CPUs where it measures faster.
+  MLP MatMuls take ~75 % of FP32 time (ORT profile), so only MatMuls are quantized: dynamic
+  quantization, S8 weights with `reduce_range` (7 bits). Without VNNI, ORT's U8S8 kernel sums
+  pairs of u8 x s8 products in int16 (vpmaddubsw) and saturates with full-range weights: on the
+  demo model reduce_range took the min cosine from 0.9969 to 0.9998 (per-channel: 0.978 to
+  0.9998), at no measurable speed cost. Dynamic quantization needs no ranges; `static-u8s8`
+  (same ranges as the TensorRT flavour) stays available for CPUs where it measures faster.
+
+  Speed, mean-paper 384 px, batch 1, 2 threads, shared 2-vCPU AMD EPYC (AVX2, no VNNI), ORT 1.32
+  (`bench/bench_int8_cpu.py speed`, interleaved with ORT FP32 under the same session options):
+  on an idle machine the ORT profile gives FP32 ~191 ms, of which MatMul 148 ms, and the INT8
+  flavour ~128 ms, of which the int8 MatMuls 83 ms: 0.67x. Int8 MatMul is 1.77x faster than
+  FP32 MatMul here (a 1024^3 GEMM: 1.7-1.8x), so even with free quantization the bound is
+  0.23 + 0.77 / 1.8 = 0.66x; 0.6x would need a 2.07x int8 GEMM, i.e. VNNI (deployment.md §7
+  measured 0.57x with VNNI). Measured alternatives, all within noise of each other or slower:
+  static U8S8 MatMul (+/- reduce_range), per-channel dynamic, U8 weights (0.75-0.94x),
+  QOperator QLinearMatMul (0.95x), int8 depthwise Conv in QDQ (no gain) or QOperator form (0.90x),
+  Conv+MatMul QDQ (1.05x), GELU tanh approximation (FastGelu, no gain; it applies to FP32 alike).
+  ORT already fuses GELU and runs the convolutions in NCHWc at its default optimization level.
 
 Both carry the FP32 model's metadata with `meanloc.precision` replaced, plus `meanloc.quantization`
-describing the settings, so every consumer knows which artifact it holds.
+describing the settings (also copied into the calibration manifest), so every consumer knows
+which artifact it holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +52,17 @@ from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_path
 from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
 
+from .fallback import TARGET_COSINE, BuildFn, choose_fp32_fallback, embed_batches, mean_cosine
 from .onnx_tensors import INT8_OP_TYPES
 from .ranges import TensorRanges, ort_method
 
 TRT_PRECISION = "int8-qdq-trt"
 CPU_PRECISION = "int8-cpu"
 CPU_RECIPES = ("dynamic", "static-u8s8")
+# 7-bit weights: without VNNI, ORT's U8S8 kernel (vpmaddubsw) adds two u8*s8 products in int16,
+# which saturates for full-range weights (ORT quantization docs). Measured on the demo model:
+# dynamic mean/min cosine 0.99986/0.9969 -> 0.99993/0.9998, per-channel 0.9983/0.978 -> 0.99994/0.9998.
+CPU_REDUCE_RANGE = True
 QUANTIZATION_KEY = ONNX_METADATA_PREFIX + "quantization"
 
 
@@ -104,11 +126,16 @@ def _static_qdq(
     activation_type: Any,
     symmetric: bool,
     work: Path,
+    nodes_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+    reduce_range: bool = False,
 ) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     # The ranges of the calibration pass, reloaded instead of recomputed ("the same calibration ranges").
-    cache = ranges.save_for_ort(work / "ort_ranges.json")
+    cache = work / "ort_ranges.json"
+    if not cache.is_file():
+        ranges.save_for_ort(cache)
     extra_options: dict[str, Any] = {
         "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,
@@ -129,8 +156,11 @@ def _static_qdq(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=activation_type,
             weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
+            nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=ort_method(ranges.method),
             extra_options=extra_options,
             calibration_cache_path=str(cache),
@@ -138,14 +168,23 @@ def _static_qdq(
 
 
 def quantize_for_tensorrt(
-    fp32_path: str | Path, out_path: str | Path, ranges: TensorRanges, identity: ModelIdentity
+    fp32_path: str | Path,
+    out_path: str | Path,
+    ranges: TensorRanges,
+    identity: ModelIdentity,
+    eval_batches: Sequence[Any] | None = None,
+    target_cosine: float = TARGET_COSINE,
 ) -> Path:
-    """Q/DQ ONNX for TensorRT explicit quantization (symmetric S8S8, per-channel, Conv/MatMul/Gemm)."""
+    """Q/DQ ONNX for TensorRT explicit quantization (symmetric S8S8, per-channel, Conv/MatMul/Gemm).
+
+    With `eval_batches` (preprocessed calibration images), the layers the embedding is most
+    sensitive to stay FP32 until the mean cosine against FP32 reaches `target_cosine` (see
+    `fallback.py`); without, every Conv/MatMul/Gemm is quantized.
+    """
     import onnx
-    from onnxruntime.quantization import QuantType
 
     source = onnx.load(str(fp32_path), load_external_data=False)
-    settings = {
+    settings: dict[str, Any] = {
         "precision": TRT_PRECISION,
         "format": "QDQ",
         "activations": "int8 symmetric per-tensor",
@@ -155,11 +194,40 @@ def quantize_for_tensorrt(
         "calibration_images": ranges.num_images,
     }
     with tempfile.TemporaryDirectory(prefix="meanloc-qdq-") as work:
-        tmp_model = Path(work) / "model.onnx"
-        _static_qdq(
-            Path(fp32_path), tmp_model, ranges, list(INT8_OP_TYPES), QuantType.QInt8, True, Path(work)
-        )
+        build = _trt_builder(Path(fp32_path), ranges, Path(work))
+        if eval_batches is None:
+            tmp_model = build(None, [])
+        else:
+            reference = embed_batches(Path(fp32_path), eval_batches)
+            choice, tmp_model = choose_fp32_fallback(
+                _quantizable_nodes(source),
+                build,
+                lambda path: mean_cosine(reference, embed_batches(path, eval_batches)),
+                target_cosine,
+            )
+            settings["fp32_fallback"] = choice.describe(len(reference))
         return _finish_model(tmp_model, Path(out_path), source, identity, settings)
+
+
+def _trt_builder(fp32_path: Path, ranges: TensorRanges, work: Path) -> BuildFn:
+    """A `fallback.BuildFn` writing TensorRT-rule Q/DQ models into `work`, one new file per call."""
+    from onnxruntime.quantization import QuantType
+
+    counter = itertools.count()
+
+    def build(nodes_to_quantize: Sequence[str] | None, nodes_to_exclude: Sequence[str]) -> Path:
+        out = work / f"candidate-{next(counter)}.onnx"
+        _static_qdq(
+            fp32_path, out, ranges, list(INT8_OP_TYPES), QuantType.QInt8, True, work,
+            nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=nodes_to_exclude,
+        )  # fmt: skip
+        return out
+
+    return build
+
+
+def _quantizable_nodes(model: Any) -> list[str]:
+    return [node.name for node in model.graph.node if node.op_type in INT8_OP_TYPES and node.name]
 
 
 def quantize_for_cpu(
@@ -180,7 +248,8 @@ def quantize_for_cpu(
         "precision": CPU_PRECISION,
         "recipe": recipe,
         "op_types": ["MatMul"],
-        "weights": "int8 per-tensor",
+        "weights": "int8 per-tensor, 7-bit range (reduce_range)",
+        "reduce_range": CPU_REDUCE_RANGE,
     }
     with tempfile.TemporaryDirectory(prefix="meanloc-qdq-") as work:
         tmp_model = Path(work) / "model.onnx"
@@ -192,15 +261,28 @@ def quantize_for_cpu(
                     str(tmp_model),
                     op_types_to_quantize=["MatMul"],
                     weight_type=QuantType.QInt8,
+                    reduce_range=CPU_REDUCE_RANGE,
                 )
         else:
             if ranges is None:
                 raise MeanlocError("the static-u8s8 CPU recipe needs calibration ranges")
             settings.update(
                 activations="uint8 asymmetric per-tensor",
-                weights="int8 symmetric per-channel",
+                weights="int8 symmetric per-channel, 7-bit range (reduce_range)",
                 calibration_method=ranges.method,
                 calibration_images=ranges.num_images,
             )
-            _static_qdq(Path(fp32_path), tmp_model, ranges, ["MatMul"], QuantType.QUInt8, False, Path(work))
+            _static_qdq(
+                Path(fp32_path), tmp_model, ranges, ["MatMul"], QuantType.QUInt8, False, Path(work),
+                reduce_range=CPU_REDUCE_RANGE,
+            )  # fmt: skip
         return _finish_model(tmp_model, Path(out_path), source, identity, settings)
+
+
+def read_quantization_settings(path: str | Path) -> dict[str, Any]:
+    """The `meanloc.quantization` settings a quantized model carries (empty for other models)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    return json.loads(props[QUANTIZATION_KEY]) if QUANTIZATION_KEY in props else {}

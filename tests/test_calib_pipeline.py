@@ -1,6 +1,8 @@
 """`meanloc calibrate` on a real mean-nano ONNX: one ORT range pass -> TensorRT cache, TensorRT
 Q/DQ model and CPU INT8 model, all consistent with each other and with the FP32 graph."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -60,6 +62,14 @@ def test_folder_holds_every_artifact_and_a_manifest_describing_them(calibrated):
     assert ModelIdentity.from_dict(manifest["identity"]) == ModelIdentity.from_dict(
         exported.identity.to_dict()
     )
+    # Each artifact's quantization settings, as its own metadata has them.
+    for precision, entry in manifest["artifacts"].items():
+        metadata = _session(outputs.folder / entry["file"]).get_modelmeta().custom_metadata_map
+        assert entry["quantization"] == json.loads(metadata["meanloc.quantization"])
+        assert entry["quantization"]["precision"] == precision
+    assert manifest["artifacts"]["int8-cpu"]["quantization"]["reduce_range"] is True
+    fallback = manifest["artifacts"]["int8-qdq-trt"]["quantization"]["fp32_fallback"]
+    assert fallback["eval_images"] == 12 and fallback["cosine"] >= fallback["cosine_all_int8"]
 
 
 def test_cache_covers_the_onnx_activations_with_amax_of_what_the_model_computes(calibrated):

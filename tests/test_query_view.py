@@ -167,3 +167,16 @@ def test_the_loop_refuses_a_bank_cut_at_another_tile_side(world_and_bank):
     with pytest.raises(ArtifactMismatchError, match="bank's tiles are 64 m"):
         LocalizationLoop(backend, bank, LoopConfig(), [])
 
+
+
+def test_evaluating_a_pose_aware_model_on_data_without_poses_is_one_clear_error(tmp_path):
+    from data_support import make_university_test
+
+    from meanloc.training.evaluate import evaluate_model
+    from meanloc.training.model import build_model, resolve_config
+
+    make_university_test(tmp_path / "test")
+    model = build_model(resolve_config("mean-nano", query_ground_side_m=200.0))
+    with pytest.raises(MeanlocError, match="no pose sidecar") as error:
+        evaluate_model(model, tmp_path, dataset="university", directions=("d2s",))
+    assert "\n" not in str(error.value)

@@ -24,7 +24,7 @@ from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
 from meanloc.runtime.query_view import QueryView
 
-from .data.query_images import read_query_image
+from .data.query_images import read_query_image, read_view_attitude
 from .data.splits import DATASETS, DIRECTIONS, EvalSplit, load_eval_split
 from .metrics import PROTOCOLS, RetrievalMetrics, check_protocol, retrieval_metrics
 
@@ -210,6 +210,8 @@ class _EmbeddingCache:
 
     def embed(self, paths: list[str], what: str, drone: bool) -> Embeddings:
         """`drone`: the files are drone views (queries in d2s, the gallery in s2d)."""
+        if drone and self.query_view.rectified and paths:
+            read_view_attitude(paths[0])  # a dataset without poses is one clear error, not N unreadable images
         keys = [_file_key(p) for p in paths]
         todo: dict[Any, str] = {}
         for key, path in zip(keys, paths):
