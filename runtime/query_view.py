@@ -74,7 +74,7 @@ def prepare_query(image: np.ndarray, view: QueryView, attitude: Optional[CameraA
     """The BGR image the model embeds for one drone frame (then `preprocess_bgr` as any image)."""
     if not view.rectified:
         return image
-    if attitude is None:
+    if attitude is None or attitude.hfov_deg is None:
         raise MeanlocError("this model expects pose-aware queries ({}) but the frame has no camera attitude "
                            "(altitude, pitch, heading, FOV)".format(view.describe()))
     return rectify_to_ground(image, attitude, float(view.ground_side_m), size_px)

@@ -11,7 +11,7 @@ is black.
 Python 3.8 compatible and torch-free.
 """
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class CameraAttitude(NamedTuple):
     altitude_m: float
     pitch_deg: float
     yaw_deg: float
-    hfov_deg: float
+    hfov_deg: Optional[float]  # None: unknown (enough for the look-at offset, not for rectifying)
     roll_deg: float = 0.0
 
     def validate(self) -> None:
@@ -37,7 +37,7 @@ class CameraAttitude(NamedTuple):
         if not 0.0 <= self.pitch_deg < 85.0:
             raise MeanlocError("pose-aware query: camera pitch from nadir must be within 0..85 deg, got {}".format(
                 self.pitch_deg))
-        if not 1.0 <= self.hfov_deg <= 170.0:
+        if self.hfov_deg is None or not 1.0 <= self.hfov_deg <= 170.0:
             raise MeanlocError("pose-aware query: horizontal FOV must be within 1..170 deg, got {}".format(self.hfov_deg))
 
     @classmethod

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backends.base import EmbeddingBackend
 from ..bank.bank import SatelliteBank, SearchWindow
+from ..geo.camera import Pose, camera_centre
 from ..geo.rectify import CameraAttitude
 from ..preprocess import preprocess_batch
 from ..query_view import prepare_query
@@ -58,12 +59,13 @@ class CameraDefaults:
     heading_deg: Optional[float] = None
 
     def attitude(self, frame: Frame) -> Optional[CameraAttitude]:
-        """The frame's attitude, completed from these defaults; None if anything is unknown."""
+        """The frame's attitude, completed from these defaults; None if anything is unknown.
+        The FOV may stay unknown: only rectification needs it (`prepare_query` refuses then)."""
         altitude = self.altitude_m if frame.altitude_m is None else frame.altitude_m
         pitch = self.pitch_deg if frame.pitch_deg is None else frame.pitch_deg
         heading = self.heading_deg if frame.heading_deg is None else frame.heading_deg
         hfov = self.hfov_deg if frame.hfov_deg is None else frame.hfov_deg
-        if altitude is None or pitch is None or heading is None or hfov is None:
+        if altitude is None or pitch is None or heading is None:
             return None
         return CameraAttitude(altitude, pitch, heading, hfov, frame.roll_deg or 0.0)
 
@@ -167,18 +169,14 @@ class LocalizationLoop:
         last, self._last_prior_xy = self._last_prior_xy, here
         return None if last is None else (here[0] - last[0], here[1] - last[1])
 
-    def _look_at_offset(self, frame: Frame) -> Tuple[float, float]:
-        """Ground vector from the vehicle to the look-at point, h tan(pitch) along the heading.
+    def _look_at_offset(self, attitude: Optional[CameraAttitude]) -> Tuple[float, float]:
+        """Ground vector from the vehicle to the look-at point (h tan(pitch) along the heading).
         The filter tracks the vehicle, which moves smoothly, while an oblique camera's look-at
         point swings by hundreds of metres when the vehicle turns. Unknown attitude: nadir."""
-        camera = self.config.camera
-        altitude = camera.altitude_m if frame.altitude_m is None else frame.altitude_m
-        pitch = camera.pitch_deg if frame.pitch_deg is None else frame.pitch_deg
-        heading = camera.heading_deg if frame.heading_deg is None else frame.heading_deg
-        if altitude is None or pitch is None or heading is None:
+        if attitude is None:
             return 0.0, 0.0
-        ahead = altitude * math.tan(math.radians(pitch))
-        return ahead * math.sin(math.radians(heading)), ahead * math.cos(math.radians(heading))
+        below = camera_centre(Pose((0.0, 0.0), attitude.altitude_m, attitude.pitch_deg, attitude.yaw_deg))
+        return -float(below[0]), -float(below[1])
 
     def _window_centre(self, frame: Frame, offset: Tuple[float, float]) -> Optional[Tuple[float, float]]:
         if self.filter.initialised:
@@ -198,8 +196,9 @@ class LocalizationLoop:
         # timed apart (the overhead budget counts everything but the network).
         image = frame.image
         spec = self.backend.identity.preprocess
+        attitude = self.config.camera.attitude(frame)
         if self.query_view.rectified:
-            image = prepare_query(image, self.query_view, self.config.camera.attitude(frame), spec.size)
+            image = prepare_query(image, self.query_view, attitude, spec.size)
         elif self.config.north_up and frame.heading_deg is not None:
             image = rotate_to_north_up(image, frame.heading_deg)
         batch = preprocess_batch([image], spec)
@@ -213,7 +212,7 @@ class LocalizationLoop:
             LOG.warning("frame %d: non-finite embedding, skipped", frame.index)
             return None
 
-        offset = self._look_at_offset(frame)
+        offset = self._look_at_offset(attitude)
         self.filter.predict(frame.t, self._odometry(frame))
         window = self.window_policy.choose(frame.t, self._window_centre(frame, offset))
         scores, indices = self.bank.search(embedding, self.search_k, window=window)
@@ -284,19 +283,21 @@ class LocalizationLoop:
             vehicle = self.filter.position
             filtered = self._to_lonlat((vehicle[0] + offset[0], vehicle[1] + offset[1]))
             record["filt_lon"], record["filt_lat"] = filtered
+        vehicle_xy: Optional[Tuple[float, float]] = None
         if self.config.use_filter:
             output = filtered
+            vehicle_xy = self.filter.position if filtered else None
             record["accuracy_m"] = round(self.filter.position_std(), 2) if filtered else None
             # Trust the filter while its uncertainty stays within what a poor single fix would give.
             record["trusted"] = bool(filtered) and self.filter.position_std() <= self.estimator.max_std_m
         else:
             output = raw
+            vehicle_xy = None if fix is None else (fix.xy[0] - offset[0], fix.xy[1] - offset[1])
             record["accuracy_m"] = round(fix.std_m, 2) if fix is not None else None
             record["trusted"] = fix is not None and fix.confident
-        if output is not None:
+        if output is not None and vehicle_xy is not None:
             record["lon"], record["lat"] = output
-            x, y = self._to_xy(output)
-            record["vehicle_lon"], record["vehicle_lat"] = self._to_lonlat((x - offset[0], y - offset[1]))
+            record["vehicle_lon"], record["vehicle_lat"] = self._to_lonlat(vehicle_xy)
         if frame.truth_lonlat is not None:
             truth = frame.truth_lonlat
             record["truth_lon"], record["truth_lat"] = truth
