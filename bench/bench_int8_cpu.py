@@ -11,12 +11,17 @@ ONNX Runtime backend unless `--no-spinning`). Prints a Markdown table of median 
 and of CPU time per inference as ratios to ORT FP32. Target: INT8 CPU median <= 0.6x FP32.
 `--candidates` adds the CPU recipes that were not chosen, so the choice can be re-measured.
 
+Interleaving runs several sessions in one process, which a deployment never does: after a run
+returns, ORT's intra-op threads (and PyTorch's OpenMP threads) keep spinning for a while, and on
+2 cores a model timed right after another one shares a core with them. That penalty is about the
+same number of milliseconds for every model, so it pushes every ratio towards 1 (INT8 read 0.69x
+FP32 with ORT's default spinning; spinning off, or a 100 ms pause, gave 0.56-0.57x). Each timed
+inference therefore follows an untimed pause (`--gap-ms`, default 200) in which those threads park.
+
 Run it on an otherwise idle machine. Under CPU contention the wall-clock ratios mean little: next
 to a training job, FP32 took 2.6 s (bench/RESULTS.md, 2026-11-25) instead of ~0.2 s on the idle
-machine, every inference waits for scheduler slices, and ORT's spinning intra-op threads burn the
-process's share of the CPU (with `--no-spinning` the INT8 ratio then moved from 0.87 to 0.69).
-The table therefore prints the load average before and after, and CPU time per inference (all
-threads of the process, spinning included).
+machine. The table therefore prints the load average before and after, and CPU time per inference
+(all threads of the process, spinning included).
 
 `accuracy` (needs a trained model and a dataset): FP32 ONNX (or a checkpoint, exported here),
 calibration on the train split (or an existing `meanloc calibrate` folder), then the precision
@@ -24,7 +29,7 @@ report on the val split. Gates: INT8 CPU drone->satellite R@1 drop <= 1.0 point,
 Q/DQ mean cosine >= 0.98. Exit code 1 if a gate fails.
 
 Usage:
-  python bench/bench_int8_cpu.py speed [--preset mean-paper] [--threads 2] [--rounds 20] [--candidates] [--no-spinning]
+  python bench/bench_int8_cpu.py speed [--preset mean-paper] [--threads 2] [--rounds 20] [--gap-ms 200] [--candidates] [--no-spinning]
   python bench/bench_int8_cpu.py accuracy (--onnx FP32.onnx | --checkpoint CKPT) --data ROOT [--calib-dir DIR]
 """
 
@@ -36,28 +41,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
-from common import machine_description, random_onnx
+from common import machine_description, random_onnx, synthetic_calibration_set
 
-from meanloc.calibration.calibset import from_dataset, from_folder
+from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.pipeline import CalibrationOutputs, calibrate, open_calibration_dir
-from meanloc.calibration.qdq import quantize_for_cpu
+from meanloc.calibration.qdq import CPU_RECIPES, quantize_for_cpu
 from meanloc.calibration.ranges import collect_ranges
-from meanloc.export.parity import synthetic_aerial_image
 
 SPEED_TARGET = 0.6
 MAX_R1_DROP = 1.0
 MIN_QDQ_COSINE = 0.98
-
-
-def _synthetic_images(folder: Path, count: int, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        view = "drone" if index % 2 else "satellite"
-        (folder / view).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / view / f"{index:03d}.png"), synthetic_aerial_image(rng, size))
-    return folder
 
 
 def _ort_runner(path: Path, threads: int, spinning: bool) -> Callable[[np.ndarray], object]:
@@ -85,9 +79,10 @@ def _torch_runner(embedder, threads: int) -> Callable[[np.ndarray], object]:
 
 
 def _interleaved(
-    runners: dict[str, Callable], batch: np.ndarray, rounds: int, warmup: int
+    runners: dict[str, Callable], batch: np.ndarray, rounds: int, warmup: int, gap_s: float
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per inference, the order rotating every round."""
+    """Wall-clock and process CPU seconds per inference, the order rotating every round, with an
+    untimed pause of `gap_s` before each timed inference (see the module note)."""
     for run in runners.values():
         for _ in range(warmup):
             run(batch)
@@ -96,6 +91,7 @@ def _interleaved(
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:
+            time.sleep(gap_s)
             start, start_cpu = time.perf_counter(), time.process_time()
             runners[name](batch)
             wall[name].append(time.perf_counter() - start)
@@ -114,28 +110,31 @@ def speed(args: argparse.Namespace) -> int:
         print(f"exporting {args.preset} ...", file=sys.stderr)
         fp32, model = random_onnx(work / "fp32.onnx", args.preset)
         config = model.config
-        images = _synthetic_images(work / "images", args.calib_images, config.img_size)
-        calib_set = from_folder(images, fp32.identity.preprocess, args.calib_images, args.calib_batch)
+        calib_set = synthetic_calibration_set(
+            work / "images", fp32.identity.preprocess, args.calib_images, args.calib_batch
+        )
         outputs = calibrate(fp32.path, calib_set, work / "calib", method="minmax", progress=True)
         recipe = outputs.manifest["artifacts"]["int8-cpu"]["quantization"]["recipe"]
         cpu_flavour = f"ORT INT8 CPU flavour ({recipe})"
         models = {"ORT FP32": fp32.path, cpu_flavour: outputs.cpu, "ORT Q/DQ TensorRT flavour": outputs.qdq_trt}
         if args.candidates:
             ranges = collect_ranges(fp32.path, calib_set, "minmax", progress=False)
-            models["ORT INT8 static U8S8 MatMul (candidate)"] = quantize_for_cpu(
-                fp32.path, work / "static.onnx", fp32.identity, ranges, recipe="static-u8s8"
-            )
+            for candidate in (name for name in CPU_RECIPES if name != recipe):
+                models[f"ORT INT8 {candidate} (candidate)"] = quantize_for_cpu(
+                    fp32.path, work / f"{candidate}.onnx", fp32.identity, ranges, recipe=candidate
+                )
         runners = {name: _ort_runner(path, args.threads, not args.no_spinning) for name, path in models.items()}
         runners["PyTorch eager FP32"] = _torch_runner(model.embedder().eval(), args.threads)
         batch = next(calib_set.batches())[:1]
         load_before = _load()
-        wall, cpu = _interleaved(runners, batch, args.rounds, args.warmup)
+        wall, cpu = _interleaved(runners, batch, args.rounds, args.warmup, args.gap_ms / 1000)
         load_after = _load()
 
     spinning = "off" if args.no_spinning else "on (ORT default, as the runtime uses)"
     print(
         f"\nINT8 CPU latency, {args.preset} {config.img_size} px, batch 1, {args.threads} threads, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up, ORT intra-op spinning {spinning}; "
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.gap_ms:g} ms pause before each, "
+        f"ORT intra-op spinning {spinning}; "
         f"{machine_description()}; load average {load_before} before, {load_after} after\n"
     )
     print("| model | median ms | median / FP32 | p90 / FP32 | CPU ms per inference | CPU / FP32 |")
@@ -206,7 +205,13 @@ def main() -> int:
     fast.add_argument("--calib-images", type=int, default=16, help="synthetic calibration images")
     fast.add_argument("--calib-batch", type=int, default=4, help="calibration batch size")
     fast.add_argument(
-        "--candidates", action="store_true", help="also time the CPU recipe that was not chosen"
+        "--candidates", action="store_true", help="also time the CPU recipes that were not chosen"
+    )
+    fast.add_argument(
+        "--gap-ms",
+        type=float,
+        default=200.0,
+        help="untimed pause before each timed inference, so the previous model's spinning threads park",
     )
     fast.add_argument(
         "--no-spinning",

@@ -2,8 +2,8 @@
 
 Measures, with the same runtime the models use (ONNX Runtime, CPU EP, N threads):
   - the FP32 GEMM peak: a large square MatMul;
-  - the INT8 GEMM peak: the same MatMul through ONNX Runtime's dynamic quantization, the
-    integer path the INT8 CPU model takes;
+  - the INT8 GEMM peak: the same MatMul through ONNX Runtime's dynamic quantization (the same
+    U8S8 GEMM kernels the INT8 CPU model's MatMulIntegerToFloat and QLinearConv use);
 then runs the mean-paper embedder (random weights, 384 px, batch 1) in FP32 and as the INT8 CPU
 flavour, and reports achieved GFLOP/s (2 x 13.09 GMACs per image) divided by the matching peak.
 Everything is interleaved in one run, so the ratios hold even when absolute speed drifts.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from common import machine_description, random_onnx
+from common import machine_description, random_onnx, synthetic_calibration_set
 from onnx import TensorProto, helper, numpy_helper
 
 GEMM_SIZE = 1024
@@ -56,6 +56,7 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from meanloc.calibration.qdq import quantize_for_cpu
+    from meanloc.calibration.ranges import collect_ranges
     from meanloc.training.model.summary import count_macs
 
     with tempfile.TemporaryDirectory(prefix="meanloc-roofline-") as tmp:
@@ -64,7 +65,9 @@ def main() -> None:
         gemm8 = work / "gemm.int8.onnx"
         quantize_dynamic(str(gemm32), str(gemm8), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
         exported, model = random_onnx(work / "model.onnx", args.preset)
-        int8_model = quantize_for_cpu(exported.path, work / "model.int8.onnx", exported.identity)
+        calib_set = synthetic_calibration_set(work / "images", exported.identity.preprocess)
+        ranges = collect_ranges(exported.path, calib_set, "minmax", progress=False)
+        int8_model = quantize_for_cpu(exported.path, work / "model.int8.onnx", exported.identity, ranges)
         size = model.config.img_size
         macs, _ = count_macs(model.embedder().eval(), torch.zeros(1, 3, size, size))
 

@@ -25,7 +25,9 @@ def machine_description() -> str:
 def random_onnx(path: Path, preset: str = "mean-paper", seed: int = 0):
     """Export a random-weight model of `preset` through the real exporter; returns its ExportResult.
 
-    Random weights time exactly like trained ones, and need no download.
+    Random weights time like trained ones and need no download, provided no parameter is a
+    constant the exporter could fold away: the init's zero biases and unit LayerNorm scales would
+    let onnxslim drop every bias Add (and share one initializer), so they are perturbed here.
     """
     import torch
 
@@ -37,5 +39,26 @@ def random_onnx(path: Path, preset: str = "mean-paper", seed: int = 0):
     config = resolve_config(preset)
     torch.manual_seed(seed)
     model = build_model(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and not name.endswith("gamma"):
+                parameter.add_(torch.randn_like(parameter) * 0.02)
     identity = ModelIdentity("0" * 64, preset, config.embed_dim, PreprocessSpec(size=config.img_size))
     return export_model_onnx(model, identity, path, parity=False), model
+
+
+def synthetic_calibration_set(folder: Path, spec, count: int = 16, batch_size: int = 4):
+    """A CalibrationSet of `count` aerial-looking synthetic images (half "drone", half "satellite")
+    written into `folder`, preprocessed by `spec`: ranges for the INT8 models without a dataset."""
+    import cv2
+    import numpy as np
+
+    from meanloc.calibration.calibset import from_folder
+    from meanloc.export.parity import synthetic_aerial_image
+
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        view = "drone" if index % 2 else "satellite"
+        (folder / view).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / view / f"{index:03d}.png"), synthetic_aerial_image(rng, spec.size))
+    return from_folder(folder, spec, count, batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .qdq import CPU_RECIPES, DEFAULT_CPU_RECIPE
 from .ranges import METHODS
 
 
@@ -34,6 +35,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="TensorRT that will read the cache: 10.3 (JetPack 6.1/6.2), 8.6 (JetPack 6.0), 8.5 (JetPack 5) "
         "or a full version such as 10.7.0",
     )
+    parser.add_argument(
+        "--cpu-recipe",
+        default=DEFAULT_CPU_RECIPE,
+        choices=CPU_RECIPES,
+        help="how the ONNX Runtime CPU model is quantized (calibration/qdq.py has the measurements)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified image draw")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -56,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
         f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch})"
     )
     outputs = calibrate(
-        args.onnx, calib_set, args.out, args.method, args.trt_version, progress=not args.no_progress
-    )
+        args.onnx, calib_set, args.out, args.method, args.trt_version, progress=not args.no_progress,
+        cpu_recipe=args.cpu_recipe,
+    )  # fmt: skip
     manifest = outputs.manifest
     print(f"{outputs.cache}: {manifest['num_tensors']} tensor scales, header {manifest['header']}")
     print(f"{outputs.qdq_trt}: Q/DQ model for TensorRT explicit INT8")
-    print(f"{outputs.cpu}: INT8 model for ONNX Runtime on CPU")
+    print(f"{outputs.cpu}: INT8 model for ONNX Runtime on CPU ({args.cpu_recipe})")
     return 0

@@ -33,7 +33,9 @@ from .fallback import EVAL_IMAGES
 from .onnx_tensors import int8_activation_names, value_names
 from .qdq import (
     CPU_PRECISION,
+    DEFAULT_CPU_RECIPE,
     TRT_PRECISION,
+    check_cpu_recipe,
     quantize_for_cpu,
     quantize_for_tensorrt,
     read_quantization_settings,
@@ -70,9 +72,11 @@ def calibrate(
     method: str = "entropy",
     trt_version: str = "10.3",
     progress: bool = True,
+    cpu_recipe: str = DEFAULT_CPU_RECIPE,
 ) -> CalibrationOutputs:
     """Collect ranges of the FP32 ONNX on `calib_set` and write all INT8 artifacts into `out_dir`."""
     check_method(method)
+    check_cpu_recipe(cpu_recipe)
     parse_trt_version(trt_version)  # bad input fails before minutes of calibration
     folder = ensure_writable_dir(out_dir)
     fp32 = load_embedding_onnx(onnx_path, "FP32 ONNX model")
@@ -91,7 +95,7 @@ def calibrate(
     quantize_for_tensorrt(
         fp32.path, folder / QDQ_TRT_NAME, ranges, fp32.identity, eval_batches=_eval_batches(calib_set)
     )
-    quantize_for_cpu(fp32.path, folder / CPU_NAME, fp32.identity, ranges)
+    quantize_for_cpu(fp32.path, folder / CPU_NAME, fp32.identity, ranges, recipe=cpu_recipe)
 
     manifest = write_cache_manifest(
         folder / CACHE_NAME,

@@ -11,25 +11,27 @@
   0.993: the all-int8 loss came mostly from three GELU-fed `pwconv2` MatMuls, whose symmetric
   int8 input wastes the negative half of the range; stem/downsample/depthwise exclusion or
   percentile ranges gained at most 0.003, so a fixed exclusion list was not enough.
-- `int8-cpu`: the fastest ONNX Runtime CPU variant found by measurement. At 384 px the pointwise
-  MLP MatMuls take ~75 % of FP32 time (ORT profile), so only MatMuls are quantized: dynamic
-  quantization, S8 weights with `reduce_range` (7 bits). Without VNNI, ORT's U8S8 kernel sums
-  pairs of u8 x s8 products in int16 (vpmaddubsw) and saturates with full-range weights: on the
-  demo model reduce_range took the min cosine from 0.9969 to 0.9998 (per-channel: 0.978 to
-  0.9998), at no measurable speed cost. Dynamic quantization needs no ranges; `static-u8s8`
-  (same ranges as the TensorRT flavour) stays available for CPUs where it measures faster.
+- `int8-cpu`: the fastest ONNX Runtime CPU variant found by measurement, recipe `integer-mlp`
+  (default): the convolutions through ORT's static Q/DQ with their outputs quantized too, so ORT
+  fuses each into a QLinearConv, and every ConvNeXt MLP (Linear -> GELU -> Linear) rewritten to
+  keep its 4C-wide hidden activation in uint8 (`integer_mlp.py`). Activations are uint8
+  asymmetric from the calibration ranges; weights int8 per channel with `reduce_range` (7 bits):
+  without VNNI, ORT's U8S8 kernel sums pairs of u8 x s8 products in int16 (vpmaddubsw) and
+  saturates with full-range weights (on the demo model reduce_range took the min cosine of the
+  dynamic recipe from 0.9969 to 0.9998, at no measurable speed cost).
 
-  Speed, mean-paper 384 px, batch 1, 2 threads, shared 2-vCPU AMD EPYC (AVX2, no VNNI), ORT 1.32
-  (`bench/bench_int8_cpu.py speed`, interleaved with ORT FP32 under the same session options):
-  on an idle machine the ORT profile gives FP32 ~191 ms, of which MatMul 148 ms, and the INT8
-  flavour ~128 ms, of which the int8 MatMuls 83 ms: 0.67x. Int8 MatMul is 1.77x faster than
-  FP32 MatMul here (a 1024^3 GEMM: 1.7-1.8x), so even with free quantization the bound is
-  0.23 + 0.77 / 1.8 = 0.66x; 0.6x would need a 2.07x int8 GEMM, i.e. VNNI (deployment.md §7
-  measured 0.57x with VNNI). Measured alternatives, all within noise of each other or slower:
-  static U8S8 MatMul (+/- reduce_range), per-channel dynamic, U8 weights (0.75-0.94x),
-  QOperator QLinearMatMul (0.95x), int8 depthwise Conv in QDQ (no gain) or QOperator form (0.90x),
-  Conv+MatMul QDQ (1.05x), GELU tanh approximation (FastGelu, no gain; it applies to FP32 alike).
-  ORT already fuses GELU and runs the convolutions in NCHWc at its default optimization level.
+  Why: at 384 px the pointwise MLP MatMuls take ~75 % of FP32 time, and int8 GEMM is only ~1.8x
+  FP32 here (shared 2-vCPU AMD EPYC, AVX2 without VNNI, ORT 1.32), so quantizing MatMuls alone
+  (recipes `dynamic`, the previous default, and `static-u8s8`) tops out at 0.64-0.69x FP32: the
+  float GELU (~9 % of FP32 time), the depthwise/downsample convolutions and the NCHWc reorders
+  stay. Measured by ORT's profiler and interleaved timing (mean-paper 384 px, batch 1, 2 threads,
+  `bench/bench_int8_cpu.py speed --candidates`): int8 convolutions took the MatMul-only model
+  from 0.69x to 0.64x, the uint8 MLP to 0.57x (GELU in uint8: 9.6 ms of table + multiply vs
+  15-17 ms of float erf GELU, and no re-quantization before fc2).
+  Tried and dropped: QOperator QLinearMatMul plus a QLinearAdd for the bias (no gain), ORT's QGemm
+  (not pre-packed, 1.5x slower than MatMulIntegerToFloat), an exact GELU table through Cast+Gather
+  (8x slower than float GELU), a float tanh GELU (FastGelu, no gain; it applies to FP32 alike).
+  `dynamic` needs no ranges and is kept for other CPUs; `static-u8s8` likewise.
 
 Both carry the FP32 model's metadata with `meanloc.precision` replaced, plus `meanloc.quantization`
 describing the settings (also copied into the calibration manifest), so every consumer knows
@@ -53,12 +55,14 @@ from meanloc.runtime.artifacts import atomic_path
 from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
 
 from .fallback import TARGET_COSINE, BuildFn, choose_fp32_fallback, embed_batches, mean_cosine
+from .integer_mlp import GELU_SIGMOID_SLOPE, rewrite_mlp_blocks
 from .onnx_tensors import INT8_OP_TYPES
 from .ranges import TensorRanges, ort_method
 
 TRT_PRECISION = "int8-qdq-trt"
 CPU_PRECISION = "int8-cpu"
-CPU_RECIPES = ("dynamic", "static-u8s8")
+CPU_RECIPES = ("integer-mlp", "dynamic", "static-u8s8")
+DEFAULT_CPU_RECIPE = "integer-mlp"
 # 7-bit weights: without VNNI, ORT's U8S8 kernel (vpmaddubsw) adds two u8*s8 products in int16,
 # which saturates for full-range weights (ORT quantization docs). Measured on the demo model:
 # dynamic mean/min cosine 0.99986/0.9969 -> 0.99993/0.9998, per-channel 0.9983/0.978 -> 0.99994/0.9998.
@@ -129,6 +133,7 @@ def _static_qdq(
     nodes_to_quantize: Sequence[str] | None = None,
     nodes_to_exclude: Sequence[str] = (),
     reduce_range: bool = False,
+    quantize_outputs: bool = False,
 ) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -140,8 +145,9 @@ def _static_qdq(
         "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,
         # Q/DQ on the inputs of the quantized ops only (TensorRT's placement, and ORT CPU's
-        # MatMulIntegerToFloat path); ORT would otherwise also requantize their outputs.
-        "OpTypesToExcludeOutputQuantization": op_types,
+        # MatMulIntegerToFloat path). With `quantize_outputs`, Q/DQ on their outputs too: ORT CPU
+        # then fuses DQ -> Conv -> Q into one QLinearConv.
+        "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else op_types,
         # Biases stay float: TensorRT's DequantizeLinear takes int8 only, and it fuses the bias.
         "QuantizeBias": False,
     }
@@ -230,31 +236,42 @@ def _quantizable_nodes(model: Any) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type in INT8_OP_TYPES and node.name]
 
 
+def check_cpu_recipe(recipe: str) -> str:
+    if recipe not in CPU_RECIPES:
+        raise MeanlocError(f"unknown CPU quantization recipe '{recipe}' (valid: {', '.join(CPU_RECIPES)})")
+    return recipe
+
+
 def quantize_for_cpu(
     fp32_path: str | Path,
     out_path: str | Path,
     identity: ModelIdentity,
     ranges: TensorRanges | None = None,
-    recipe: str = "dynamic",
+    recipe: str = DEFAULT_CPU_RECIPE,
 ) -> Path:
-    """The ONNX Runtime CPU flavour: MatMul-only int8 (see the module note for the measurements)."""
+    """The ONNX Runtime CPU flavour (see the module note for the recipes and their measurements)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if recipe not in CPU_RECIPES:
-        raise MeanlocError(f"unknown CPU quantization recipe '{recipe}' (valid: {', '.join(CPU_RECIPES)})")
+    check_cpu_recipe(recipe)
+    if recipe != "dynamic" and ranges is None:
+        raise MeanlocError(f"the {recipe} CPU recipe needs calibration ranges")
     source = onnx.load(str(fp32_path), load_external_data=False)
     settings: dict[str, Any] = {
         "precision": CPU_PRECISION,
         "recipe": recipe,
-        "op_types": ["MatMul"],
-        "weights": "int8 per-tensor, 7-bit range (reduce_range)",
         "reduce_range": CPU_REDUCE_RANGE,
     }
     with tempfile.TemporaryDirectory(prefix="meanloc-qdq-") as work:
         tmp_model = Path(work) / "model.onnx"
-        if recipe == "dynamic":
-            settings["activations"] = "uint8, range computed per call"
+        if recipe == "integer-mlp":
+            settings.update(_integer_mlp(Path(fp32_path), tmp_model, ranges, Path(work)))
+        elif recipe == "dynamic":
+            settings.update(
+                op_types=["MatMul"],
+                activations="uint8, range computed per call",
+                weights="int8 per-tensor, 7-bit range (reduce_range)",
+            )
             with _quiet_ort_advice():
                 quantize_dynamic(
                     str(fp32_path),
@@ -264,9 +281,8 @@ def quantize_for_cpu(
                     reduce_range=CPU_REDUCE_RANGE,
                 )
         else:
-            if ranges is None:
-                raise MeanlocError("the static-u8s8 CPU recipe needs calibration ranges")
             settings.update(
+                op_types=["MatMul"],
                 activations="uint8 asymmetric per-tensor",
                 weights="int8 symmetric per-channel, 7-bit range (reduce_range)",
                 calibration_method=ranges.method,
@@ -277,6 +293,34 @@ def quantize_for_cpu(
                 reduce_range=CPU_REDUCE_RANGE,
             )  # fmt: skip
         return _finish_model(tmp_model, Path(out_path), source, identity, settings)
+
+
+def _integer_mlp(fp32_path: Path, out_path: Path, ranges: TensorRanges, work: Path) -> dict[str, Any]:
+    """Convolutions through ORT's static Q/DQ (fused to QLinearConv), then every MLP block in uint8."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    conv_qdq = work / "conv-qdq.onnx"
+    _static_qdq(
+        fp32_path, conv_qdq, ranges, ["Conv"], QuantType.QUInt8, False, work,
+        reduce_range=CPU_REDUCE_RANGE, quantize_outputs=True,
+    )  # fmt: skip
+    model = onnx.load(str(conv_qdq))
+    blocks = rewrite_mlp_blocks(model, ranges.min_max(), weight_bits=7 if CPU_REDUCE_RANGE else 8)
+    if blocks == 0:
+        raise MeanlocError(
+            f"{fp32_path}: no Linear -> GELU -> Linear block for the integer-mlp recipe; use the dynamic recipe"
+        )
+    onnx.save(model, str(out_path))
+    return {
+        "op_types": ["Conv", "MatMul"],
+        "mlp_blocks": blocks,
+        "activations": "uint8 asymmetric per-tensor",
+        "weights": "int8 symmetric per-channel, 7-bit range (reduce_range)",
+        "gelu": f"a * sigmoid({GELU_SIGMOID_SLOPE} a) in uint8 (QLinearSigmoid, QLinearMul)",
+        "calibration_method": ranges.method,
+        "calibration_images": ranges.num_images,
+    }
 
 
 def read_quantization_settings(path: str | Path) -> dict[str, Any]:

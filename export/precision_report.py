@@ -23,7 +23,9 @@ from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with_markdown
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.identity import ModelIdentity
-from meanloc.training.data.splits import load_eval_split
+from meanloc.runtime.query_view import QueryView
+from meanloc.training.data.query_images import read_view_attitude
+from meanloc.training.data.splits import EvalSplit, load_eval_split
 from meanloc.training.evaluate import Embeddings, evaluate_retrieval, extract_embeddings
 
 from .onnx_graph import load_embedding_onnx
@@ -63,20 +65,27 @@ def _cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 
 def _run_candidate(
-    candidate: Candidate, paths: list[str], threads: int | None, batch_size: int, progress: bool
-) -> tuple[dict[str, Any], ModelIdentity, Embeddings]:
+    candidate: Candidate, split: EvalSplit, threads: int | None, batch_size: int, progress: bool
+) -> tuple[dict[str, Any], ModelIdentity, Embeddings, Embeddings]:
+    """The candidate's info, identity, gallery (satellite) and query (drone) embeddings."""
     # ONNX models run on ORT's CPU provider even where a GPU build is installed: these rows are
     # the CPU artifacts; GPU precisions are measured through engines.
     providers = ["cpu"] if candidate.path.suffix == ".onnx" else None
     with open_backend(str(candidate.path), providers=providers, threads=threads) as backend:
-        embeddings = extract_embeddings(
-            backend.embed,
-            paths,
-            backend.identity.preprocess,
-            batch_size,
-            progress=candidate.label if progress else None,
-        )
-        return backend.describe(), backend.identity, embeddings
+        identity = backend.identity
+
+        def embed(paths: list[str], what: str, query_view: QueryView | None) -> Embeddings:
+            return extract_embeddings(
+                backend.embed, paths, identity.preprocess, batch_size,
+                progress=f"{candidate.label}: {what}" if progress else None, query_view=query_view,
+            )  # fmt: skip
+
+        gallery = embed(split.gallery_paths, "gallery", None)
+        # Drone queries are prepared as the model's queries are (rectified for a pose-aware model).
+        if identity.query_view.rectified and split.query_paths:
+            read_view_attitude(split.query_paths[0])  # no poses: one clear error, not N unreadable images
+        query = embed(split.query_paths, "queries", identity.query_view)
+        return backend.describe(), identity, gallery, query
 
 
 def build_precision_report(
@@ -96,11 +105,9 @@ def build_precision_report(
             f"{fp32_onnx} is a {fp32.identity.precision} model; the reference must be the FP32 ONNX"
         )
     eval_split = load_eval_split(data_root, dataset, DIRECTION, split)
-    # Gallery then queries, each image once: cosine covers both views.
-    paths = list(dict.fromkeys(eval_split.gallery_paths + eval_split.query_paths))
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    reference = None
+    reference: tuple[Embeddings, Embeddings] | None = None
     for candidate in candidates(fp32.path, Path(calib_dir) if calib_dir else None, engines):
         if candidate.path.suffix == ".engine" and importlib.util.find_spec("tensorrt") is None:
             skipped.append(
@@ -111,17 +118,17 @@ def build_precision_report(
                 }
             )
             continue
-        info, identity, embeddings = _run_candidate(candidate, paths, threads, batch_size, progress)
+        info, identity, gallery, query = _run_candidate(candidate, eval_split, threads, batch_size, progress)
         identity.check_compatible(fp32.identity, f"{candidate.path} vs {fp32.path}")
         if reference is None:
-            reference = embeddings
-        if not np.array_equal(embeddings.kept, reference.kept):
+            reference = (gallery, query)
+        if not all(np.array_equal(mine.kept, ref.kept) for mine, ref in zip((gallery, query), reference)):
             raise MeanlocError(f"{candidate.label} could not read the same images as FP32")
-        by_path = dict(zip((paths[i] for i in embeddings.kept), embeddings.features))
-        query = _subset(by_path, eval_split.query_paths)
-        gallery = _subset(by_path, eval_split.gallery_paths)
         metrics = evaluate_retrieval(eval_split, query, gallery, (PROTOCOL,))[PROTOCOL].to_dict(percent=True)
-        cosine = _cosines(reference.features, embeddings.features)
+        # Cosine over every image once: the gallery and the queries.
+        cosine = np.concatenate(
+            [_cosines(ref.features, mine.features) for mine, ref in zip((gallery, query), reference)]
+        )
         rows.append(
             {
                 "label": candidate.label,
@@ -160,11 +167,6 @@ def build_precision_report(
         rows=rows,
         skipped=skipped,
     )
-
-
-def _subset(by_path: dict[str, np.ndarray], paths: list[str]) -> Embeddings:
-    kept = [i for i, path in enumerate(paths) if path in by_path]
-    return Embeddings(np.stack([by_path[paths[i]] for i in kept]), np.asarray(kept, dtype=np.int64))
 
 
 def format_precision_table(report: dict[str, Any]) -> str:

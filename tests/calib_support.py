@@ -16,17 +16,20 @@ from meanloc.export.onnx_export import ExportResult, export_model_onnx
 from meanloc.export.parity import synthetic_aerial_image
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
+from meanloc.runtime.query_view import QueryView
 from meanloc.training.model import build_model, resolve_config
 
 
-def export_nano_onnx(path: Path, seed: int = 0) -> ExportResult:
+def export_nano_onnx(path: Path, seed: int = 0, query_view: QueryView | None = None) -> ExportResult:
     torch.manual_seed(seed)
-    config = resolve_config("mean-nano")
+    view = query_view or QueryView()
+    config = resolve_config("mean-nano", query_ground_side_m=view.ground_side_m)
     identity = ModelIdentity(
         checkpoint_sha256=f"{seed:064x}",
         preset="mean-nano",
         embed_dim=config.embed_dim,
         preprocess=PreprocessSpec(size=config.img_size),
+        query_view=view,
     )
     return export_model_onnx(build_model(config), identity, path, parity=False)
 

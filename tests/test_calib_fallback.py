@@ -102,13 +102,15 @@ def test_fallback_layers_lose_their_qdq_inputs_and_the_model_records_them(nano, 
     assert _dequantized_inputs(easy_model) == quantizable
 
 
-@pytest.mark.parametrize("recipe", ["dynamic", "static-u8s8"])
+@pytest.mark.parametrize("recipe", ["integer-mlp", "dynamic", "static-u8s8"])
 def test_cpu_flavour_weights_use_7_bits_so_avx2_int16_sums_cannot_saturate(nano, tmp_path, recipe):
     exported, ranges, _ = nano
     out = quantize_for_cpu(exported.path, tmp_path / "cpu.onnx", exported.identity, ranges, recipe=recipe)
     model = onnx.load(str(out))
-    # The quantized weight is MatMulInteger's B (dynamic) or a DequantizeLinear's constant input (static).
-    weight_names = {n.input[1] for n in model.graph.node if n.op_type == "MatMulInteger"}
+    # The quantized weights: MatMulInteger's or MatMulIntegerToFloat's B, QLinearConv's W, and a
+    # DequantizeLinear's constant input (static Q/DQ).
+    weight_names = {n.input[1] for n in model.graph.node if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat")}
+    weight_names |= {n.input[3] for n in model.graph.node if n.op_type == "QLinearConv"}
     weight_names |= {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     int8_weights = [
         numpy_helper.to_array(init)

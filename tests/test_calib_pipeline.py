@@ -123,8 +123,19 @@ def test_both_int8_models_track_fp32_embeddings(calibrated):
         cosine = np.sum(reference * embeddings, axis=1) / np.linalg.norm(embeddings, axis=1)
         assert cosine.min() > 0.98, precision
         assert _session(path).get_modelmeta().custom_metadata_map["meanloc.precision"] == precision
-    cpu_ops = {node.op_type for node in onnx.load(str(outputs.cpu)).graph.node}
-    assert "MatMul" not in cpu_ops and {"DynamicQuantizeLinear", "MatMulInteger"} <= cpu_ops
+    # The default CPU recipe: every MLP in uint8, every convolution fused to QLinearConv by ORT.
+    source = onnx.load(str(exported.path))
+    cpu_model = onnx.load(str(outputs.cpu))
+    cpu_ops = [node.op_type for node in cpu_model.graph.node]
+    assert "MatMul" not in cpu_ops and "Erf" not in cpu_ops
+    mlps = [node for node in source.graph.node if node.op_type == "Erf"]
+    for op_type in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "MatMulIntegerToFloat"):
+        assert cpu_ops.count(op_type) == len(mlps) > 0, op_type
+    convs = [node for node in source.graph.node if node.op_type == "Conv"]
+    assert len(convs) == cpu_ops.count("Conv")  # each between its own DequantizeLinear and QuantizeLinear
+    assert json.loads(_session(outputs.cpu).get_modelmeta().custom_metadata_map["meanloc.quantization"])[
+        "mlp_blocks"
+    ] == len(mlps)
 
 
 def test_static_cpu_recipe_quantizes_matmuls_only(calibrated, tmp_path):
@@ -199,6 +210,23 @@ def test_cli_writes_the_folder(calibrated, tmp_path, capsys):
     assert code == 0
     assert "TRT-8502-EntropyCalibration2" in capsys.readouterr().out
     assert read_calibration_cache(tmp_path / "out" / "calibration.cache").version_code == 8502
+    assert open_calibration_dir(tmp_path / "out").manifest["artifacts"]["int8-cpu"]["quantization"]["recipe"] == (
+        "integer-mlp"
+    )
+
+
+def test_cli_cpu_recipe_option_picks_the_cpu_quantization(calibrated, tmp_path):
+    exported, _, _ = calibrated
+    images = tmp_path / "images"
+    write_folder_tree(images, {"drone": 4, "satellite": 4})
+    code = main(
+        ["calibrate", "--onnx", str(exported.path), "--images", str(images), "--out", str(tmp_path / "out"),
+         "--num-images", "4", "--batch", "4", "--method", "minmax", "--cpu-recipe", "dynamic", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    outputs = open_calibration_dir(tmp_path / "out")
+    assert outputs.manifest["artifacts"]["int8-cpu"]["quantization"]["recipe"] == "dynamic"
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in onnx.load(str(outputs.cpu)).graph.node}
 
 
 def test_cli_bad_inputs_are_one_line_errors(calibrated, tmp_path, capsys):
