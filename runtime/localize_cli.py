@@ -89,6 +89,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     camera.add_argument("--altitude-agl", type=_positive(float), default=None, metavar="M", help="height above ground")
     camera.add_argument("--heading", type=float, default=None, metavar="DEG",
                         help="heading of the optical axis, clockwise from north")
+    camera.add_argument("--telemetry", default=None, metavar="URL",
+                        help="read the camera's heading, pitch and height above ground from the autopilot over MAVLink "
+                             "(pymavlink connection string, e.g. udpin:0.0.0.0:14551 or /dev/ttyTHS1,921600); "
+                             "--camera-* values remain the fallback when it is stale")
+    camera.add_argument("--camera-mount", choices=("body", "gimbal"), default="body",
+                        help="with --telemetry: camera fixed to the airframe (tilted --camera-pitch from nadir) or on a "
+                             "gimbal that reports its attitude")
+    camera.add_argument("--telemetry-max-age", type=_positive(float), default=1.0, metavar="S",
+                        help="telemetry older than this counts as unknown")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
@@ -205,6 +214,16 @@ def _stop_on_sigint(loop: Any) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _with_telemetry(source: Any, args: argparse.Namespace) -> Any:
+    from .localize.telemetry import with_telemetry
+
+    try:
+        return with_telemetry(source, args.telemetry, args.camera_mount, args.camera_pitch, args.telemetry_max_age)
+    except BaseException:
+        source.close()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from .artifacts import atomic_write_json
     from .backends import open_backend
@@ -225,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
             prior_jump_m=args.prior_jump_m)
         source = open_source(args.source, synthetic=synthetic, folder_period_s=1.0 / args.folder_fps,
                              reconnect=ReconnectPolicy())
+        if args.telemetry:
+            source = _with_telemetry(source, args)
         loop = LocalizationLoop(backend, bank, _loop_config(args), [],
                                 what="bank {} vs model {}".format(args.bank, args.model))
         loop.sinks = _open_sinks(args)

@@ -106,3 +106,16 @@ def test_bank_from_another_model_is_refused_in_one_line(setup, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 3
     assert err.startswith("meanloc: error: bank") and "\n" not in err
+
+
+def test_bad_telemetry_options_are_one_line_errors(setup, tmp_path, capsys):
+    video = write_video(tmp_path / "flight.mp4", [crop(world_image(), x, y, 64) for x, y in track(4)])
+    base = ["localize", "--model", str(setup["model"]), "--bank", str(setup["bank"]), "--source", str(video)]
+    cases = {
+        "pymavlink connection string": ["--telemetry", "bogus", "--camera-pitch", "30"],
+        "needs its tilt from nadir": ["--telemetry", "udpin:127.0.0.1:0"],
+    }
+    for message, extra in cases.items():
+        assert main(base + extra) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
