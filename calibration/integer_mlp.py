@@ -56,7 +56,7 @@ class MlpBlock:
 
 
 class _Graph:
-    """Lookups over an ONNX graph: constants, producers and consumers of each tensor."""
+    """Lookups over an ONNX graph: constant values, the consumers and the rank of each tensor."""
 
     def __init__(self, model: Any) -> None:
         from onnx import numpy_helper, shape_inference
