@@ -103,7 +103,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
                         help="Mahalanobis gate (chi-square, 2 dof; 13.82 = 99.9 %%) for rejecting outlier fixes")
     parser.add_argument("--reinit-after", type=_positive(int), default=5,
-                        help="re-initialise the filter after this many consecutive rejected fixes (jump recovery)")
+                        help="jump recovery: consecutive rejected fixes considered (the last N)")
+    parser.add_argument("--reinit-consensus", type=_positive(int), default=3,
+                        help="re-initialise the filter when this many of those agree within 100 m")
     parser.add_argument("--target-fps", type=_positive(float), default=None,
                         help="skip frames to hold this processing rate")
     parser.add_argument("--folder-fps", type=_positive(float), default=1.0,
@@ -163,7 +165,8 @@ def _loop_config(args: argparse.Namespace) -> Any:
         estimator=EstimatorConfig(method=args.estimator, topk=args.topk, min_margin=args.min_margin),
         window=WindowConfig(radius_m=args.window_m, drift_mps=args.window_drift_mps, max_radius_m=args.window_max_m,
                             max_low_confidence=args.window_max_low_conf),
-        kalman=KalmanConfig(gate_chi2=args.gate_chi2, max_rejections=args.reinit_after),
+        kalman=KalmanConfig(gate_chi2=args.gate_chi2, max_rejections=args.reinit_after,
+                            reinit_consensus=args.reinit_consensus),
         use_filter=not args.no_filter,
         prior_lonlat=(args.prior[1], args.prior[0]) if args.prior else None,
         target_fps=args.target_fps,

@@ -47,12 +47,30 @@ def test_filter_recovers_after_a_jump_by_reinitialising():
         t = float(i)
         truth = _truth(t) + (jump if i >= 30 else 0.0)
         result = kf.update(tuple(truth + rng.normal(0.0, NOISE_M, 2)), t, NOISE_M)
-        if 30 <= i < 30 + config.max_rejections - 1:
+        if 30 <= i < 30 + config.reinit_consensus - 1:
             assert not result.accepted  # the first post-jump fixes look like outliers
         if result.reinitialised and i > 0:
             reinitialised_at = i
-    assert reinitialised_at == 30 + config.max_rejections - 1
+    assert reinitialised_at == 30 + config.reinit_consensus - 1
     assert np.hypot(*(np.array(kf.position) - (_truth(49.0) + jump))) < 3 * NOISE_M
+
+
+def test_a_wrong_start_ends_when_most_later_fixes_agree_despite_outliers():
+    """The cross-source case: the first fix is 400 m off and later fixes are right only most of the
+    time. Consistent evidence among the rejected fixes must still overturn the wrong track."""
+    rng = np.random.RandomState(3)
+    kf = ConstantVelocityKalman(KalmanConfig(accel_std=0.5))
+    outlier_frames = {2, 5, 8, 11, 14}  # every third fix lands somewhere else
+    for i in range(30):
+        t = float(i)
+        fix = _truth(t) + rng.normal(0.0, NOISE_M, 2)
+        if i == 0:
+            fix = _truth(t) + np.array([400.0, 0.0])
+        elif i in outlier_frames:
+            angle = i * 2.4
+            fix = _truth(t) + 500.0 * np.array([np.cos(angle), np.sin(angle)])
+        kf.update((fix[0], fix[1]), t, NOISE_M)
+    assert np.hypot(*(np.array(kf.position) - _truth(29.0))) < 3 * NOISE_M
 
 
 def test_scattered_outliers_never_reinitialise_the_filter():
