@@ -24,7 +24,6 @@ from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.query_view import QueryView
-from meanloc.training.data.query_images import read_view_attitude
 from meanloc.training.data.splits import EvalSplit, load_eval_split
 from meanloc.training.evaluate import Embeddings, evaluate_retrieval, extract_embeddings
 
@@ -82,8 +81,6 @@ def _run_candidate(
 
         gallery = embed(split.gallery_paths, "gallery", None)
         # Drone queries are prepared as the model's queries are (rectified for a pose-aware model).
-        if identity.query_view.rectified and split.query_paths:
-            read_view_attitude(split.query_paths[0])  # no poses: one clear error, not N unreadable images
         query = embed(split.query_paths, "queries", identity.query_view)
         return backend.describe(), identity, gallery, query
 

@@ -168,7 +168,6 @@ def test_the_loop_refuses_a_bank_cut_at_another_tile_side(world_and_bank):
         LocalizationLoop(backend, bank, LoopConfig(), [])
 
 
-
 def test_evaluating_a_pose_aware_model_on_data_without_poses_is_one_clear_error(tmp_path):
     from data_support import make_university_test
 

@@ -89,6 +89,8 @@ def extract_embeddings(
     """Embed image files in batches; with `flip_tta`, sum the embeddings of the image and of its
     horizontal flip (as University1652-Baseline does) and re-normalise. A `query_view` marks the
     files as drone views, prepared as the model's queries are."""
+    if query_view is not None and query_view.rectified and paths:
+        read_view_attitude(paths[0])  # a dataset without poses is one clear error, not N unreadable images
     features: list[np.ndarray] = []
     kept: list[int] = []
     unreadable: list[str] = []
@@ -210,8 +212,6 @@ class _EmbeddingCache:
 
     def embed(self, paths: list[str], what: str, drone: bool) -> Embeddings:
         """`drone`: the files are drone views (queries in d2s, the gallery in s2d)."""
-        if drone and self.query_view.rectified and paths:
-            read_view_attitude(paths[0])  # a dataset without poses is one clear error, not N unreadable images
         keys = [_file_key(p) for p in paths]
         todo: dict[Any, str] = {}
         for key, path in zip(keys, paths):

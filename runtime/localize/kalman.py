@@ -12,7 +12,8 @@ latest (within `reinit_agreement_m`), the filter assumes it was the one that was
 re-initialises on their mean, so a wrong track cannot lock itself in while scattered outliers cannot
 hijack it (§4.3 of datasets-and-metrics.md). A majority rather than all of them: when fixes are
 right only half of the time (a second-date flight), a wrong start otherwise never ends — the demo's
-cross-source flight stayed ~450 m off for 150 frames while correct fixes kept being rejected. Python 3.8 compatible, numpy only.
+cross-source flight stayed ~450 m off for 150 frames while correct fixes kept being rejected.
+Python 3.8 compatible, numpy only.
 """
 
 from dataclasses import dataclass

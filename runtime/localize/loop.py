@@ -283,7 +283,7 @@ class LocalizationLoop:
             vehicle = self.filter.position
             filtered = self._to_lonlat((vehicle[0] + offset[0], vehicle[1] + offset[1]))
             record["filt_lon"], record["filt_lat"] = filtered
-        vehicle_xy: Optional[Tuple[float, float]] = None
+        vehicle_xy: Optional[Tuple[float, float]]
         if self.config.use_filter:
             output = filtered
             vehicle_xy = self.filter.position if filtered else None
