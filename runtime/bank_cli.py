@@ -6,7 +6,7 @@ is instant and nothing here imports torch. Python 3.8 compatible.
 
 import argparse
 import json
-from typing import List
+from typing import Any, List
 
 from meanloc.errors import MeanlocError
 
@@ -48,7 +48,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    build.add_argument("--no-local-features", action="store_true",
+                       help="skip the local-feature layer (geometric verification and metre-level fixes need it; "
+                       "only --orthophoto builds have one)")
+    _local_feature_options(build)
     build.set_defaults(handler=_build)
+
+    features = sub.add_parser("features", help="add the local-feature layer to a bank built from an orthophoto")
+    features.add_argument("bank", help="bank folder")
+    features.add_argument("--orthophoto", required=True, help="the GeoTIFF the bank was built from")
+    features.add_argument("--resume", action="store_true", help="continue an interrupted feature build")
+    features.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    _local_feature_options(features)
+    features.set_defaults(handler=_features)
 
     info = sub.add_parser("info", help="summarise a bank (model, size, area)")
     info.add_argument("bank", help="bank folder")
@@ -64,6 +76,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("banks", nargs="+", help="bank folders, in order")
     merge.add_argument("--out", required=True, help="merged bank folder to write")
     merge.set_defaults(handler=_merge)
+
+
+def _local_feature_options(parser: argparse.ArgumentParser) -> None:
+    from .fine.features import FEATURE_KINDS
+
+    group = parser.add_argument_group("local-feature layer (georeferenced orthophoto features for the fine stage)")
+    group.add_argument("--local-features", choices=FEATURE_KINDS, default="sift",
+                       help="detector/descriptor (default sift: the most accurate in bench/bench_local_features.py)")
+    group.add_argument("--feature-gsd-m", type=float, default=None, metavar="M",
+                       help="metres per pixel to extract at (default: the orthophoto's, but no finer than 0.8)")
+    group.add_argument("--feature-cell-m", type=float, default=50.0, metavar="M",
+                       help="side of the spatial index cells (default 50)")
+    group.add_argument("--features-per-cell", type=int, default=64, metavar="N",
+                       help="keep the N strongest features per cell (default 64: ~3.6 MB per km² for SIFT)")
+
+
+def _layer_params(args: argparse.Namespace) -> Any:
+    from .fine.features import FeatureSpec
+    from .fine.layer_build import LayerParams
+
+    params = LayerParams(FeatureSpec(args.local_features), args.feature_gsd_m, args.feature_cell_m,
+                         args.features_per_cell)
+    params.validate()
+    return params
 
 
 def _parse_scales(text: str) -> List[float]:
@@ -93,6 +129,7 @@ def _build(args: argparse.Namespace) -> int:
         "resume": args.resume,
         "progress": not args.no_progress,
     }
+    local_features = None if args.no_local_features or not args.orthophoto else _layer_params(args)
     with open_backend(args.model, backend=args.backend) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
@@ -104,6 +141,7 @@ def _build(args: argparse.Namespace) -> int:
                 scales=_parse_scales(args.scales),
                 min_valid=args.min_valid,
                 tile_px=args.tile_px,
+                local_features=local_features,
                 **options,
             )
         else:
@@ -118,6 +156,17 @@ def _build(args: argparse.Namespace) -> int:
             result.shards_built,
         )
     )
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from .fine.layer_build import build_feature_layer
+    from .geo.orthophoto import Orthophoto
+
+    meta = build_feature_layer(args.bank, Orthophoto.from_geotiff(args.orthophoto), _layer_params(args),
+                               resume=args.resume, progress=not args.no_progress)
+    print("bank {}: local feature layer of {} {} features ({:g} m per pixel, {:g} m cells)".format(
+        args.bank, meta.count, meta.spec.kind, meta.gsd_m, meta.grid.cell_m))
     return 0
 
 
@@ -164,9 +213,23 @@ def _info(args: argparse.Namespace) -> int:
             " (+{} more)".format(len(tiles.sources) - 3) if len(tiles.sources) > 3 else "",
         ),
         "created:     {}".format(bank.manifest.get("created_utc", "?")),
+        "features:    {}".format(_describe_layer(bank, size_mb)),
     ]
     print("\n".join(lines))
     return 0
+
+
+def _describe_layer(bank: Any, embeddings_mb: float) -> str:
+    layer = bank.features
+    if layer is None:
+        if bank.manifest.get("build", {}).get("type") == "orthophoto":
+            return "none (built with --no-local-features; add them with `meanloc bank features`)"
+        return "none (only banks cut from an orthophoto have local features)"
+    info = layer.describe()
+    area = info["area_km2"] or float("nan")
+    return "{count} {kind} at {gsd_m:g} m/px in {area_km2:.2f} km² ({mb:.1f} MB, {per:.2f} MB per km²; embeddings " \
+        "{emb:.2f} MB per km²)".format(mb=info["bytes"] / 1e6, per=(info["bytes_per_km2"] or 0) / 1e6,
+                                      emb=embeddings_mb / area, **info)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -188,5 +251,9 @@ def _merge(args: argparse.Namespace) -> int:
     from .bank import merge_banks
 
     manifest = merge_banks(args.banks, args.out)
-    print("merged {} banks into {}: {} tiles".format(len(args.banks), args.out, manifest["count"]))
+    layer = manifest.get("local_features")
+    print("merged {} banks into {}: {} tiles, {}".format(
+        len(args.banks), args.out, manifest["count"],
+        "{} local features".format(layer["count"]) if layer else "no local features ({})".format(
+            manifest["build"].get("local_features"))))
     return 0

@@ -53,6 +53,16 @@ def _positive(kind: type):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got {!r}".format(text))
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="embedding model: .onnx (ONNX Runtime) or .engine (TensorRT)")
     parser.add_argument("--bank", required=True, help="satellite embedding bank folder (`meanloc bank build`)")
@@ -98,6 +108,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "gimbal that reports its attitude")
     camera.add_argument("--telemetry-max-age", type=_positive(float), default=1.0, metavar="S",
                         help="telemetry older than this counts as unknown")
+    fine = parser.add_argument_group("fine stage: geometric verification against the bank's local features")
+    fine.add_argument("--refine", choices=("auto", "off"), default="auto",
+                      help="auto (default): verify every frame with local features when the bank has a feature "
+                      "layer, and use the verified fit as the fix; off: retrieval fixes only")
+    fine.add_argument("--refine-min-inliers", type=_positive(int), default=20, metavar="N",
+                      help="inliers a fit needs to count as verified (default 20)")
+    fine.add_argument("--heading-std-deg", type=_non_negative, default=2.0, metavar="DEG",
+                      help="heading error of the frames' attitude (1 sigma; widens the look-at-to-vehicle offset)")
+    fine.add_argument("--pitch-std-deg", type=_non_negative, default=0.5, metavar="DEG",
+                      help="camera pitch error of the frames' attitude (1 sigma)")
+    fine.add_argument("--altitude-std-m", type=_non_negative, default=2.0, metavar="M",
+                      help="height-above-ground error of the frames' attitude (1 sigma)")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
@@ -156,8 +178,10 @@ def _open_sinks(args: argparse.Namespace) -> List[Any]:
 
 
 def _loop_config(args: argparse.Namespace) -> Any:
+    from .fine.stage import RefineConfig
     from .localize.estimate import EstimatorConfig
     from .localize.kalman import KalmanConfig
+    from .localize.look_at import AttitudeUncertainty
     from .localize.loop import CameraDefaults, LoopConfig
     from .localize.window import WindowConfig
 
@@ -173,6 +197,9 @@ def _loop_config(args: argparse.Namespace) -> Any:
         north_up=not args.no_north_up,
         camera=CameraDefaults(hfov_deg=args.camera_hfov, pitch_deg=args.camera_pitch, altitude_m=args.altitude_agl,
                               heading_deg=args.heading),
+        refine=RefineConfig(mode=args.refine, min_inliers=args.refine_min_inliers),
+        attitude_std=AttitudeUncertainty(heading_deg=args.heading_std_deg, pitch_deg=args.pitch_std_deg,
+                                         altitude_m=args.altitude_std_m),
     )
 
 
@@ -180,16 +207,19 @@ def format_summary(summary: Dict[str, Any]) -> str:
     """Human-readable lines for stderr (the JSON goes to --summary)."""
     lines = [
         "meanloc localize: {} frames processed from {} ({}); {} corrupt, {} non-finite, {} dropped for rate, "
-        "{} reconnects; fixes: {} confident, {} rejected, {} filter resets".format(
+        "{} reconnects; fixes: {} confident ({} geometric), {} rejected, {} filter resets".format(
             summary["frames_processed"], summary["source"], summary["stop_reason"], summary["frames_corrupt"],
             summary["frames_nonfinite"], summary["frames_dropped_rate"], summary["reconnects"],
-            summary["fixes_confident"], summary["fixes_rejected"], summary["filter_reinitialisations"])
+            summary["fixes_confident"], summary["fixes_geometric"], summary["fixes_rejected"],
+            summary["filter_reinitialisations"])
     ]
     if "error_raw_fix" in summary:
         lines.append("errors vs the {}, {}:".format(summary["truth_point"], summary["distance"]))
         lines.append("| estimate | frames | median m | p90 m | <= 25 m | <= 50 m |")
         lines.append("|---|---|---|---|---|---|")
-        for name, key in (("raw fix (no filter)", "error_raw_fix"), ("Kalman filter", "error_filtered")):
+        rows = (("raw fix (no filter)", "error_raw_fix"), ("  retrieval fix", "error_retrieval_fix"),
+                ("  geometric fix", "error_fine_fix"), ("Kalman filter", "error_filtered"))
+        for name, key in rows:
             stats = summary[key]
 
             def fmt(value: Optional[float], pattern: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
+from ..fine.layer import FeatureLayer, has_layer
 from ..identity import ModelIdentity
 from .search import DEFAULT_BLOCK_ROWS, ExactSearcher, FaissSearcher
 from .store import manifest_frame, manifest_identity, open_embeddings, open_tiles, read_manifest
@@ -59,6 +60,7 @@ class SatelliteBank:
         embeddings: np.ndarray,
         tiles: TileTable,
         searcher: Any,
+        features: Optional[FeatureLayer] = None,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -66,6 +68,7 @@ class SatelliteBank:
         self.tiles = tiles
         self.identity = manifest_identity(manifest)
         self.frame = tiles.frame
+        self.features = features  # the local-feature layer for geometric verification, if built
         self._searcher = searcher
         # Windowed searches and margins always use exact search (windows hold few tiles).
         self._exact = (
@@ -109,7 +112,8 @@ class SatelliteBank:
             searcher = FaissSearcher(embeddings, factory=faiss_factory, block_rows=block_rows)
         else:
             raise MeanlocError("search engine must be 'exact' or 'faiss', not {!r}".format(engine))
-        return cls(directory, manifest, embeddings, tiles, searcher)
+        features = FeatureLayer.open(directory, manifest) if has_layer(manifest) else None
+        return cls(directory, manifest, embeddings, tiles, searcher, features)
 
     @property
     def count(self) -> int:
@@ -201,6 +205,7 @@ class SatelliteBank:
             "device": self.device,
             "identity": self.identity.to_dict(),
             "local_frame": self.frame.to_dict(),
+            "local_features": None if self.features is None else self.features.describe(),
         }
 
 

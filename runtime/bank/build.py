@@ -245,16 +245,25 @@ def build_bank_from_orthophoto(
     scales: Sequence[float] = (1.0,),
     min_valid: float = 0.5,
     tile_px: Optional[int] = None,
+    local_features: Optional[Any] = None,
     **build_options: Any,
 ) -> BuildResult:
-    """Cut a GeoTIFF into north-up tiles (at the model's input size unless `tile_px`) and build."""
+    """Cut a GeoTIFF into north-up tiles (at the model's input size unless `tile_px`) and build;
+    then, unless `local_features` is None, add the local-feature layer (`runtime.fine`) with those
+    `LayerParams`, resumable like the embeddings."""
     from ..geo.orthophoto import Orthophoto
 
     ortho = Orthophoto.from_geotiff(orthophoto_path)
     source = OrthophotoTileSource(
         ortho, tile_m, overlap, scales, tile_px or backend.identity.preprocess.size, min_valid
     )
-    return build_bank(source, backend, out_dir, **build_options)
+    result = build_bank(source, backend, out_dir, **build_options)
+    if local_features is not None:
+        from ..fine.layer_build import build_feature_layer
+
+        build_feature_layer(Path(out_dir), ortho, local_features, resume=build_options.get("resume", False),
+                            progress=build_options.get("progress", True))
+    return result
 
 
 def build_bank_from_tiles(

@@ -12,6 +12,7 @@ import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
+from ..fine.layer_build import merge_feature_layers, unmergeable_reason
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
@@ -67,8 +68,15 @@ def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
             for d, m in zip(bank_dirs, manifests)
         ],
     }
+    # Local-feature layers merge too when every input has one, extracted alike.
+    unmergeable = unmergeable_reason(manifests)
+    build["local_features"] = "merged" if unmergeable is None else unmergeable
     embeddings = [open_embeddings(d, m) for d, m in zip(bank_dirs, manifests)]
-    return write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
+    manifest = write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
+    if unmergeable is None:
+        merge_feature_layers(bank_dirs, manifests, out_dir)
+        manifest = read_manifest(out_dir)
+    return manifest
 
 
 def _source_slot(sources: list, source: Dict[str, str]) -> int:

@@ -26,6 +26,7 @@ from ..artifacts import (
     read_json,
     sha256_file,
 )
+from ..fine.layer import has_layer, verify_layer
 from ..identity import ModelIdentity
 from .frame import LocalFrame
 from .tiles import check_tile_dtype
@@ -197,4 +198,6 @@ def verify_bank(bank_dir: Path, block_rows: int = 65536) -> List[str]:
         problems.append("{} refers to tile sources missing from the manifest".format(TILES_FILE))
     if not (np.all(np.abs(records["center_lat"]) <= 90) and np.all(np.abs(records["center_lon"]) <= 180)):
         problems.append("{} has tile centres outside valid lat/lon".format(TILES_FILE))
+    if has_layer(manifest):
+        problems.extend(verify_layer(bank_dir, manifest))
     return problems

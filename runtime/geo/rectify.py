@@ -11,14 +11,14 @@ is black.
 Python 3.8 compatible and torch-free.
 """
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from meanloc.errors import MeanlocError
 
 from .camera import CameraIntrinsics, Pose, centre_gsd, ground_homography
-from .orthophoto import require_cv2
+from .orthophoto import index_mapping, require_cv2
 
 
 class CameraAttitude(NamedTuple):
@@ -52,7 +52,13 @@ class CameraAttitude(NamedTuple):
 
 
 def rectify_to_ground(image: np.ndarray, attitude: CameraAttitude, side_m: float, size_px: int) -> np.ndarray:
-    """The north-up `side_m` square around the look-at point, as a `size_px` square BGR image.
+    """The north-up `side_m` square around the look-at point, as a `size_px` square BGR image."""
+    return ground_patch(image, attitude, side_m, size_px)[0]
+
+
+def ground_patch(image: np.ndarray, attitude: CameraAttitude, side_m: float, size_px: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(patch, valid): the north-up `side_m` square around the look-at point as a `size_px` square
+    BGR image, and where it shows the frame (False outside the frame's footprint).
 
     The frame is first shrunk (area averaging) to about the output's ground resolution at the
     image centre, so a full-HD frame reduced to a 64 px patch does not alias.
@@ -72,8 +78,11 @@ def rectify_to_ground(image: np.ndarray, attitude: CameraAttitude, side_m: float
     patch_to_ground = np.array([[metres_per_px, 0.0, -side_m / 2.0],
                                 [0.0, -metres_per_px, side_m / 2.0],
                                 [0.0, 0.0, 1.0]])
-    patch_to_image = ground_homography(camera, pose) @ patch_to_ground
-    return cv2.warpPerspective(image, patch_to_image, (size_px, size_px),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-
+    patch_to_image = index_mapping(ground_homography(camera, pose) @ patch_to_ground)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    patch = cv2.warpPerspective(image, patch_to_image, (size_px, size_px), flags=flags,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    inside = np.full(image.shape[:2], 255, dtype=np.uint8)
+    valid = cv2.warpPerspective(inside, patch_to_image, (size_px, size_px), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return patch, valid > 0

@@ -12,7 +12,7 @@ Python 3.8 compatible, numpy only.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -31,8 +31,13 @@ class EstimatorConfig:
     full_margin: float = 0.1
 
 
+FIX_SOURCES = ("retrieval", "geometric")
+
+
 @dataclass(frozen=True)
 class Fix:
+    """One frame's position measurement of the look-at point, in the bank's local frame."""
+
     xy: Tuple[float, float]
     tile_index: int
     score: float
@@ -40,6 +45,12 @@ class Fix:
     confidence: float
     confident: bool
     std_m: float
+    source: str = "retrieval"  # or "geometric": verified by local features (runtime.fine)
+    covariance: Optional[np.ndarray] = None  # (2, 2) m²; None: `std_m` on both axes
+
+    @property
+    def noise(self) -> Union[float, np.ndarray]:
+        return self.std_m if self.covariance is None else self.covariance
 
 
 def median_spacing_m(tile_xy: np.ndarray, sample: int = 512, seed: int = 0) -> float:

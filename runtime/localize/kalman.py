@@ -17,9 +17,18 @@ Python 3.8 compatible, numpy only.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
+
+# A fix's noise: one standard deviation for both axes (m), or a 2x2 covariance (m²).
+Noise = Union[float, np.ndarray]
+
+
+def noise_covariance(noise: Noise) -> np.ndarray:
+    if np.ndim(noise) == 0:
+        return np.eye(2) * float(noise) ** 2
+    return np.asarray(noise, dtype=np.float64).reshape(2, 2)
 
 # chi-square quantile for 2 dof at 99.9 %: a correct fix is wrongly rejected once in 1000 frames.
 DEFAULT_GATE_CHI2 = 13.82
@@ -74,10 +83,10 @@ class ConstantVelocityKalman:
         """RMS one-axis position standard deviation (m)."""
         return float(np.sqrt(max(0.5 * (self.cov[0, 0] + self.cov[1, 1]), 0.0)))
 
-    def reset(self, xy: Tuple[float, float], t: float, position_std: float) -> None:
+    def reset(self, xy: Tuple[float, float], t: float, position_noise: Noise) -> None:
         self.state = np.array([xy[0], xy[1], 0.0, 0.0])
-        speed_var = self.config.init_speed_std ** 2
-        self.cov = np.diag([position_std ** 2, position_std ** 2, speed_var, speed_var])
+        self.cov = np.eye(4) * self.config.init_speed_std ** 2
+        self.cov[:2, :2] = noise_covariance(position_noise)
         self.t = t
         self.rejected_xy = []
 
@@ -120,17 +129,23 @@ class ConstantVelocityKalman:
         self.state = transition @ self.state
         self.cov = transition @ self.cov @ transition.T + noise
 
-    def update(self, xy: Tuple[float, float], t: float, fix_std: float) -> UpdateResult:
-        """Predict to `t`, then gate and fuse the position fix `xy` with std `fix_std` (m)."""
+    def update(self, xy: Tuple[float, float], t: float, noise: Noise, may_reinitialise: bool = True) -> UpdateResult:
+        """Predict to `t`, then gate and fuse the position fix `xy` whose noise is `noise` (a std
+        in metres, or the fix's own 2x2 covariance, e.g. from a geometric fit). With
+        `may_reinitialise` False a rejected fix never re-initialises the filter (nor counts
+        towards a consensus that would)."""
+        measurement_cov = noise_covariance(noise)
         if self.t is None:
-            self.reset(xy, t, fix_std)
+            self.reset(xy, t, measurement_cov)
             return UpdateResult(True, 0.0, True)
         self.predict(t)
         innovation = np.asarray(xy, dtype=np.float64) - self.state[:2]
-        innovation_cov = self.cov[:2, :2] + np.eye(2) * fix_std ** 2
+        innovation_cov = self.cov[:2, :2] + measurement_cov
         inv = np.linalg.inv(innovation_cov)
         d2 = float(innovation @ inv @ innovation)
         if d2 > self.config.gate_chi2:
+            if not may_reinitialise:
+                return UpdateResult(False, d2, False)
             latest = np.asarray(xy, dtype=np.float64)
             self.rejected_xy.append(latest)
             recent = self.rejected_xy[-self.config.max_rejections :]
@@ -139,7 +154,7 @@ class ConstantVelocityKalman:
             if len(agreeing) >= min(self.config.reinit_consensus, self.config.max_rejections):
                 # The prediction kept disagreeing with consistent evidence: trust the fixes again.
                 centre = np.mean(agreeing, axis=0)
-                self.reset((float(centre[0]), float(centre[1])), t, fix_std)
+                self.reset((float(centre[0]), float(centre[1])), t, measurement_cov)
                 return UpdateResult(True, d2, True)
             self.rejected_xy = recent
             return UpdateResult(False, d2, False)
@@ -148,6 +163,6 @@ class ConstantVelocityKalman:
         # Joseph form keeps the covariance symmetric positive definite over long runs.
         identity_minus = np.eye(4)
         identity_minus[:, :2] -= gain
-        self.cov = identity_minus @ self.cov @ identity_minus.T + gain @ (np.eye(2) * fix_std ** 2) @ gain.T
+        self.cov = identity_minus @ self.cov @ identity_minus.T + gain @ measurement_cov @ gain.T
         self.rejected_xy = []
         return UpdateResult(True, d2, False)
