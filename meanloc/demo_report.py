@@ -67,11 +67,15 @@ def plot_trajectory(ortho_path: Path, tracks: Dict[str, List[Dict[str, Any]]], o
         cols, rows = ortho.world_to_pixel(*ortho.lonlat_to_world(lon, lat))
         return np.stack([np.asarray(cols), np.asarray(rows)], axis=1)
 
+    def fixes(records: Sequence[Dict[str, Any]], source: str) -> "np.ndarray":
+        return to_px([r for r in records if r.get("fix_source") == source], "fix_lon", "fix_lat")
+
     truth = to_px(next(iter(tracks.values())), "truth_lon", "truth_lat")
-    estimates = {label: (to_px(records, "fix_lon", "fix_lat"), to_px(records, "filt_lon", "filt_lat"))
+    estimates = {label: (to_px(records, "retrieval_lon", "retrieval_lat"), fixes(records, "geometric"),
+                         to_px(records, "filt_lon", "filt_lat"))
                  for label, records in tracks.items()}
     # Crop the full-resolution map to the flight (true track and every estimate, padded).
-    everything = np.concatenate([truth] + [part for pair in estimates.values() for part in pair])
+    everything = np.concatenate([truth] + [part for parts in estimates.values() for part in parts])
     height_px, width_px = ortho.image.shape[:2]
     left, top = np.maximum(np.floor(everything.min(axis=0)) - PAD_PX, 0).astype(int)
     right, bottom = np.minimum(np.ceil(everything.max(axis=0)) + PAD_PX, [width_px, height_px]).astype(int)
@@ -87,9 +91,12 @@ def plot_trajectory(ortho_path: Path, tracks: Dict[str, List[Dict[str, Any]]], o
     shown = on_crop(truth)
     axis.plot(shown[:, 0], shown[:, 1], "-", color="white", lw=2.5, label="true track (look-at point)")
     colours = ["#ff3b30", "#34c759", "#0a84ff", "#ff9f0a"]
-    for colour, (label, (raw, estimate)) in zip(colours, estimates.items()):
-        raw, estimate = on_crop(raw), on_crop(estimate)
-        axis.scatter(raw[:, 0], raw[:, 1], s=6, color=colour, alpha=0.45, label="raw fixes ({})".format(label))
+    for colour, (label, (retrieval, geometric, estimate)) in zip(colours, estimates.items()):
+        retrieval, geometric, estimate = on_crop(retrieval), on_crop(geometric), on_crop(estimate)
+        axis.scatter(retrieval[:, 0], retrieval[:, 1], s=6, marker="x", color=colour, alpha=0.45,
+                     label="retrieval fixes ({})".format(label))
+        axis.scatter(geometric[:, 0], geometric[:, 1], s=8, marker="o", facecolors="none", edgecolors=colour,
+                     alpha=0.8, label="geometric fixes ({})".format(label))
         axis.plot(estimate[:, 0], estimate[:, 1], "-", color=colour, lw=1.6, label="filtered estimate ({})".format(label))
     axis.set_title("Synthetic flight: true vs estimated track over the satellite orthophoto")
     axis.legend(loc="lower right", fontsize=8)
@@ -127,8 +134,11 @@ def write_demo_report(work: Path, steps: Sequence[Any], timings: Dict[str, float
         flight = json.loads(path.read_text())
         summary["localization"][precision] = {
             "frames": flight.get("frames_processed"),
+            "geometric_fixes": flight.get("fixes_geometric"),
             "filtered": flight.get("error_filtered"),
             "raw_fixes": flight.get("error_raw_fix"),
+            "retrieval_fixes": flight.get("error_retrieval_fix"),
+            "geometric_fix_errors": flight.get("error_fine_fix"),
         }
     profile = _read_json(work / "profile" / "report.json")
     if profile:
@@ -152,16 +162,17 @@ def format_summary(summary: Dict[str, Any], report_dir: Path) -> str:
         lines.append("  retrieval {:<40} R@1 {:6.2f}  R@5 {:6.2f}  AP {:6.2f}  ({} queries, {} ranked)".format(
             name, values["R@1"], values["R@5"], values["AP"], values["queries"], values["gallery_ranked"]))
     for precision, values in summary["localization"].items():
-        for kind in ("filtered", "raw_fixes"):
+        for kind in ("filtered", "geometric_fix_errors", "retrieval_fixes"):
             errors = values.get(kind) or {}
             if errors.get("median_m") is not None:
-                lines.append("  localization {:<5} {:<9} median {:6.1f} m  p90 {:6.1f} m  within 25 m {:5.1%}  "
-                             "within 50 m {:5.1%}  ({} frames)".format(
+                lines.append("  localization {:<5} {:<20} median {:6.1f} m  p90 {:6.1f} m  within 25 m {:5.1%}  "
+                             "within 50 m {:5.1%}  ({} of {} frames)".format(
                                  precision, kind, errors["median_m"], errors["p90_m"], errors.get("within_25m", 0),
-                                 errors.get("within_50m", 0), errors["frames"]))
+                                 errors.get("within_50m", 0), errors["frames"], values.get("frames")))
     for label, stages in (summary["latency_median_ms"] or {}).items():
         shown = ", ".join("{} {:.2f}".format(stage, stages[stage]) for stage in
-                          ("decode", "preprocess", "h2d", "inference", "d2h", "search", "filter", "total")
+                          ("decode", "preprocess", "h2d", "inference", "d2h", "search", "refine_detect",
+                           "refine_match", "refine_fit", "filter", "total")
                           if stage in stages)
         lines.append("  latency ms (median) {}: {}".format(label, shown))
     lines.append("  report: {} (summary.json, trajectory.png, latency.png, stages.png)".format(report_dir))

@@ -112,8 +112,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fine.add_argument("--refine", choices=("auto", "off"), default="auto",
                       help="auto (default): verify every frame with local features when the bank has a feature "
                       "layer, and use the verified fit as the fix; off: retrieval fixes only")
-    fine.add_argument("--refine-min-inliers", type=_positive(int), default=20, metavar="N",
-                      help="inliers a fit needs to count as verified (default 20)")
+    fine.add_argument("--refine-min-inliers", type=_positive(int), default=15, metavar="N",
+                      help="distinct inliers a fit needs to count as verified (default 15)")
     fine.add_argument("--heading-std-deg", type=_non_negative, default=2.0, metavar="DEG",
                       help="heading error of the frames' attitude (1 sigma; widens the look-at-to-vehicle offset)")
     fine.add_argument("--pitch-std-deg", type=_non_negative, default=0.5, metavar="DEG",

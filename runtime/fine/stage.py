@@ -4,7 +4,7 @@ Per frame: describe the query (`query.py`), gather the bank's features around ev
 region (the filter's prediction and/or the top retrieved tiles), match, vote for the translation
 and fit the geometric model (`matching.py`, `fit.py`), then accept the fit only when it is
 unambiguous and physically plausible:
-  * at least `min_inliers` inliers (COLMAP accepts two-view geometry from 15),
+  * at least `min_inliers` distinct inliers (COLMAP accepts two-view geometry from 15),
   * the winning translation has `min_peak_ratio` times the votes of the best peak elsewhere
     (repetitive ground produces rival peaks),
   * inliers spread over the patch (`min_spread_m`), so rotation and scale are determined,
@@ -39,14 +39,16 @@ DEFAULT_REACH_M = 400.0
 @dataclass(frozen=True)
 class RefineConfig:
     mode: str = "auto"  # auto: on when the bank has a local feature layer; off
-    max_query_features: int = 800
-    knn: int = 5
+    max_query_features: int = 1000
+    # Each query feature votes with its k nearest bank descriptors: across seasons the true
+    # neighbour is often not the first (bench/RESULTS.md, "local features").
+    knn: int = 10
     vote_bin_m: float = 4.0
     # Rotation hypotheses for the vote (heading error), every `rotation_step_deg` within +-range.
     rotation_range_deg: float = 15.0
     rotation_step_deg: float = 5.0
     inlier_threshold_m: Optional[float] = None  # None: 2 pixels of the layer
-    min_inliers: int = 20
+    min_inliers: int = 15
     min_peak_ratio: float = 1.5
     min_spread_m: float = 15.0
     max_scale_error: float = 0.2
@@ -130,8 +132,9 @@ class FineStage:
             # Matches that agree with the peak within a few bins (plus the rotation step's slack
             # at the patch's edge) go to the robust fit.
             slack = 3.0 * self.config.vote_bin_m + reach * math.radians(self.config.rotation_step_deg) / 2.0
-            agree = np.hypot(*(dst - (rotate(src, peak.rotation_deg) + peak.translation)).T) < slack
-            src, dst = src[agree], dst[agree]
+            residual = np.hypot(*(dst - (rotate(src, peak.rotation_deg) + peak.translation)).T)
+            keep = one_to_one(matches.query, matches.bank, residual, slack)
+            src, dst = src[keep], dst[keep]
             fit = fit_similarity(src, dst, self.threshold_m, self.floor_m)
         else:
             fit = fit_homography(src, dst, query.centre, self.threshold_m, self.floor_m)
@@ -164,7 +167,8 @@ class FineStage:
                 problems.append("scale {:.2f}".format(fit.scale))
             if abs(fit.rotation_deg) > cfg.max_rotation_deg:
                 problems.append("rotation {:.1f} deg".format(fit.rotation_deg))
-        elif np.linalg.det(fit.matrix[:2, :2]) <= 0:
+        elif np.linalg.det(fit.matrix[:2, :2]) >= 0:
+            # Image rows grow south while map y grows north: a true frame-to-ground map mirrors.
             problems.append("mirrored homography")
         inside = [c for c in candidates if math.hypot(fit.look_at[0] - c.x, fit.look_at[1] - c.y) <= c.radius_m]
         if not inside:
@@ -176,6 +180,18 @@ class FineStage:
                           fit.n_inliers / max(1, putative), None if peak is None else peak.votes,
                           None if peak is None else peak.rival_votes, rotation, scale,
                           inside[0] if inside else None, timings)
+
+
+def one_to_one(query: np.ndarray, bank: np.ndarray, residual: np.ndarray, limit: float) -> np.ndarray:
+    """Rows of the matches within `limit` of the voted model, at most one per query feature and one
+    per bank feature (the closest), so an inlier count counts distinct points: a query feature's k
+    neighbours, or a bank point described at two scales, must not count twice."""
+    rows = np.flatnonzero(residual < limit)
+    rows = rows[np.argsort(residual[rows], kind="stable")]
+    _, first_query = np.unique(query[rows], return_index=True)
+    rows = rows[np.sort(first_query)]
+    _, first_bank = np.unique(bank[rows], return_index=True)
+    return np.sort(rows[first_bank])
 
 
 def _refused(reason: str, timings: Dict[str, float]) -> FineResult:

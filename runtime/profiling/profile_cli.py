@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +26,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank-size", type=int, default=10000,
                         help="without --bank: size of a random in-memory bank for the search stage (0 = skip)")
     parser.add_argument("--topk", type=int, default=5, help="top-k of the search stage (default 5)")
+    parser.add_argument("--refine", choices=("auto", "off"), default="auto",
+                        help="auto: time the fine stage (detect, match, fit) when --bank has local features")
     parser.add_argument("--no-telemetry", action="store_true", help="do not sample tegrastats/jtop")
     parser.add_argument("--out", default="profile-report", help="output folder for JSON, Markdown and PNG plots")
     parser.set_defaults(handler=run)
+
+
+def _fine_stage_timer(layer: Any) -> Any:
+    """The fine stage as the loop runs it while tracking: the profiled frame (with the profiler's
+    oblique attitude) against the bank features around the layer's densest cell."""
+    import numpy as np
+
+    from ..fine.stage import Candidate, FineStage, RefineConfig
+    from .profiler import PROFILE_ATTITUDE
+
+    stage = FineStage(layer, RefineConfig())
+    grid = layer.meta.grid
+    cell = int(np.argmax(np.diff(layer.cells)))
+    centre = (grid.x0 + (cell % grid.nx + 0.5) * grid.cell_m, grid.y0 + (cell // grid.nx + 0.5) * grid.cell_m)
+    candidates = [Candidate(centre[0], centre[1], 30.0, "filter")]
+    return lambda image: stage.refine(image, PROFILE_ATTITUDE, PROFILE_ATTITUDE.yaw_deg, candidates).timings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,11 +83,14 @@ def run(args: argparse.Namespace) -> int:
     dims = {t.backend.embed_dim for t in targets}
 
     search = None
+    refine = None
     if args.bank:
         from ..bank import SatelliteBank
 
         bank = SatelliteBank.open(args.bank)
         search = lambda q: bank.search(q, args.topk)  # noqa: E731
+        if args.refine == "auto" and bank.features is not None:
+            refine = _fine_stage_timer(bank.features)
     elif args.bank_size > 0 and len(dims) == 1:
         rng = np.random.default_rng(0)
         random_bank = rng.standard_normal((args.bank_size, dims.pop())).astype(np.float16)
@@ -103,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = profile(targets, batch_sizes, warmup=args.warmup,
                          iterations=None if args.duration else args.iterations, duration_s=args.duration,
-                         min_iterations=args.min_iterations, search=search, filter_step=filter_step)
+                         min_iterations=args.min_iterations, search=search, filter_step=filter_step, refine=refine)
     finally:
         samples = sampler.stop() if sampler.available and not args.no_telemetry else []
         for target in targets:

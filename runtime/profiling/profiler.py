@@ -1,7 +1,8 @@
 """The profiling procedure: warm-up, then timed iterations of every pipeline stage.
 
 Stages per iteration: decode (JPEG bytes -> BGR), preprocess, H2D / inference / D2H (split by
-the backend's CUDA events where it has them, else one "inference" stage), bank search and
+the backend's CUDA events where it has them, else one "inference" stage), bank search, the fine
+stage's own stages where the bank has local features (detect, match, fit: `runtime.fine`) and
 filter. CPU stages are timed with `perf_counter_ns`. In compare mode the targets run
 interleaved, one iteration each per round, so clock or thermal drift affects all alike.
 Python 3.8 compatible; never imports torch.
@@ -21,7 +22,8 @@ from ..preprocess import preprocess_batch
 from ..query_view import prepare_query
 from .stats import LatencyStats
 
-STAGES = ("decode", "preprocess", "h2d", "inference", "d2h", "search", "filter")
+STAGES = ("decode", "preprocess", "h2d", "inference", "d2h", "search", "refine_detect", "refine_match", "refine_fit",
+          "filter")
 DEFAULT_MIN_ITERATIONS = 50
 # Profiled frames carry no attitude; the rectification's cost does not depend on it, so any
 # oblique pose inside the synthetic benchmark's range times it fairly.
@@ -29,6 +31,8 @@ PROFILE_ATTITUDE = CameraAttitude(altitude_m=200.0, pitch_deg=40.0, yaw_deg=30.0
 
 SearchFn = Callable[[np.ndarray], Any]
 FilterFn = Callable[[np.ndarray], Any]
+# The fine stage on one decoded frame; returns its own seconds per stage (detect, match, fit).
+RefineFn = Callable[[np.ndarray], Dict[str, float]]
 
 
 @dataclass
@@ -68,15 +72,17 @@ def run_iteration(
     frames: Sequence[bytes],
     search: Optional[SearchFn],
     filter_step: Optional[FilterFn],
+    refine: Optional[RefineFn] = None,
 ) -> Dict[str, float]:
     import cv2
 
     clock = time.perf_counter_ns
     timeline = _Timeline()
     t0 = clock()
-    images = [cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) for data in frames]
+    decoded = [cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) for data in frames]
     t1 = clock()
     spec, view = backend.identity.preprocess, backend.identity.query_view
+    images = decoded
     if view.rectified:  # pose-aware models pay for the rectification in this stage
         images = [prepare_query(image, view, PROFILE_ATTITUDE, spec.size) for image in images]
     batch = preprocess_batch(images, spec)
@@ -97,6 +103,10 @@ def run_iteration(
         t4 = clock()
         search(embeddings)
         timeline.add("search", t4, clock())
+    if refine is not None:
+        for image in decoded:
+            for stage, seconds in refine(image).items():
+                timeline.seconds["refine_" + stage] = timeline.seconds.get("refine_" + stage, 0.0) + seconds
     if filter_step is not None:
         t5 = clock()
         filter_step(embeddings)
@@ -127,6 +137,7 @@ def profile(
     filter_step: Optional[FilterFn] = None,
     frames: Optional[Sequence[bytes]] = None,
     progress: Optional[Callable[[int], None]] = None,
+    refine: Optional[RefineFn] = None,
 ) -> Dict[str, Any]:
     """Profile every target at every batch size; returns the report dict (see `report.py`)."""
     if iterations is not None and iterations < min_iterations:
@@ -142,13 +153,13 @@ def profile(
         batch_frames = [frames[i % len(frames)] for i in range(batch_size)]
         for target in targets:
             for _ in range(warmup):
-                run_iteration(target.backend, batch_frames, search, filter_step)
+                run_iteration(target.backend, batch_frames, search, filter_step, refine)
         samples: Dict[str, List[Dict[str, float]]] = {t.label: [] for t in targets}
         deadline = time.monotonic() + duration_s if duration_s else None
         done = 0
         while True:
             for target in targets:  # interleaved: drift hits every target alike
-                samples[target.label].append(run_iteration(target.backend, batch_frames, search, filter_step))
+                samples[target.label].append(run_iteration(target.backend, batch_frames, search, filter_step, refine))
             done += 1
             if progress:
                 progress(1)

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..artifacts import atomic_path, atomic_write_json, atomic_write_text, ensure_writable_dir
-
-PLOTTED_STAGES = ("decode", "preprocess", "h2d", "inference", "d2h", "search", "filter")
+from .profiler import STAGES as PLOTTED_STAGES
 
 
 def markdown_table(report: Dict[str, Any]) -> str:

@@ -1,0 +1,153 @@
+"""Which local features localize best across dates, and what they cost: SIFT, RootSIFT, ORB, AKAZE.
+
+Set-up, in one run: the cross-source synthetic world of `meanloc data synth` (the bank from date
+1; the drone flight from date 2: other season, sun, roofs, buildings). One bank of the date-1
+orthophoto gets a local-feature layer of each kind; the same oblique flight (200 m, 40 deg pitch,
+lawn-mower, over the held-out test ground, drifting dead-reckoning prior, window 400 m),
+pre-rendered to JPEG frames, runs through the real loop with each. The embedder is a random-weight
+`mean-paper` (384 px) on ONNX Runtime FP32 CPU: retrieval is at chance, as with an untrained model,
+so every metre comes from the fine stage, and the per-frame time is the real preset's.
+
+Per kind: layer size, the share of frames the fine stage verified, the error of the verified
+fixes and of the filtered track (against the true look-at point; frames without an estimate
+count as failures), and what the fine stage adds to the per-frame time (refine / everything
+else, the loop's own timers, ratios in one run). The default of `meanloc bank build
+--local-features` is the most accurate kind (most frames within 25 m, then most verified, then
+lowest median) among those that add at most 30 %.
+
+Usage: python bench/bench_local_features.py --data meanloc-demo/data [--frames 100] [--kinds sift,rootsift,orb,akaze]
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from common import machine_description, random_onnx
+
+from meanloc.demo import held_out_area
+from meanloc.runtime.backends import open_backend
+from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
+from meanloc.runtime.bank.bank import SatelliteBank
+from meanloc.runtime.bank.build import build_bank_from_orthophoto
+from meanloc.runtime.fine.features import FEATURE_KINDS, FeatureSpec
+from meanloc.runtime.fine.layer_build import LayerParams, build_feature_layer
+from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig
+from meanloc.runtime.localize.sources import FrameSource
+from meanloc.runtime.localize.synthetic import SyntheticFlightOptions, SyntheticFlightSource
+from meanloc.runtime.localize.window import WindowConfig
+
+BUDGET = 0.30  # the fine stage may add this share to the per-frame time
+
+
+class RandomEmbedder(EmbeddingBackend):
+    """Random unit vectors under the model's identity: a bank without thousands of network passes
+    (its retrieval is at chance either way)."""
+
+    name = "random"
+
+    def __init__(self, identity) -> None:
+        self.identity = identity
+        self.rng = np.random.RandomState(0)
+
+    def embed_images(self, images_bgr):
+        return l2_normalise(self.rng.randn(len(images_bgr), self.identity.embed_dim).astype(np.float32))
+
+
+class JpegFlight(FrameSource):
+    """A synthetic flight rendered once and kept as JPEG bytes, decoded per frame like a camera's."""
+
+    def __init__(self, flight: SyntheticFlightSource) -> None:
+        super().__init__()
+        self.description = flight.description
+        self.frames = [(cv2.imencode(".jpg", f.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), f) for f in flight]
+
+    def __iter__(self):
+        for data, frame in self.frames:
+            self.stats.frames += 1
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            yield frame.__class__(**dict(vars(frame), image=image))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="meanloc-demo/data", help="a cross-source `meanloc data synth` folder")
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--kinds", default=",".join(FEATURE_KINDS))
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not json.loads((data / "dataset.json").read_text()).get("cross_source"):
+        raise SystemExit(f"{data} renders drone views from the satellite date; generate it without --same-source")
+    satellite, drone = data / "world" / "satellite.tif", data / "world" / "drone.tif"
+    area = tuple(float(v) for v in held_out_area(data).split(","))
+    flight = JpegFlight(SyntheticFlightSource(str(drone), SyntheticFlightOptions(
+        frames=args.frames, altitude_m=200.0, pitch_deg=40.0, pattern="lawnmower", seed=0, area_latlon=area)))
+    ortho = Orthophoto.from_geotiff(satellite)
+    config = LoopConfig(estimator=EstimatorConfig(method="weighted"), window=WindowConfig(radius_m=400.0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "mean-paper.onnx"
+        random_onnx(model, "mean-paper")
+        with open_backend(str(model), backend="onnxruntime", providers=["cpu"], threads=args.threads) as backend:
+            base = Path(tmp) / "bank"
+            build_bank_from_orthophoto(satellite, RandomEmbedder(backend.identity), base, tile_m=200.0, overlap=0.75,
+                                       progress=False)
+            for kind in args.kinds.split(","):
+                bank_dir = Path(tmp) / kind
+                shutil.copytree(base, bank_dir)
+                started = time.monotonic()
+                build_feature_layer(bank_dir, ortho, LayerParams(FeatureSpec(kind)), progress=False)
+                build_s = time.monotonic() - started
+                bank = SatelliteBank.open(bank_dir)
+                summary = LocalizationLoop(backend, bank, config, []).run(flight, max_frames=args.frames)
+                rows.append(row(kind, summary, bank.features.describe(), build_s))
+    print(f"Local features across dates (cross-source synthetic world, {args.frames}-frame oblique flight over the "
+          f"held-out ground, window 400 m from the dead-reckoning prior, random-weight mean-paper 384 px on ONNX "
+          f"Runtime FP32 CPU, so retrieval is at chance); {machine_description()}\n")
+    print("| features | layer MB/km² | layer build s | frames verified | verified fix median / p90 / max m | "
+          "filtered within 25 m (all frames) | filtered median / p90 m | fine stage ms (detect / match / fit) | "
+          "adds to the per-frame time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def m(value):
+        return "-" if value is None else f"{value:.1f}"
+
+    for r in rows:
+        print(f"| {r['kind']} | {r['mb_per_km2']:.2f} | {r['build_s']:.0f} | {r['verified']:.0%} | {m(r['fine_median'])}"
+              f" / {m(r['fine_p90'])} / {m(r['fine_max'])} | {r['within_25']:.0%} | {m(r['filt_median'])} / "
+              f"{m(r['filt_p90'])} | {m(r['refine'])} ({m(r['detect'])} / {m(r['match'])} / {m(r['fit'])}) | "
+              f"{r['adds']:.0%} |")
+    eligible = [r for r in rows if r["adds"] <= BUDGET] or rows
+    best = max(eligible, key=lambda r: (r["within_25"], r["verified"], -(r["filt_median"] or float("inf"))))
+    print(f"\nMost accurate within the {BUDGET:.0%} budget: {best['kind']} (the default of `meanloc bank build "
+          "--local-features`)." if best["adds"] <= BUDGET else f"\nNo kind fits the {BUDGET:.0%} budget; most accurate: "
+          f"{best['kind']}.")
+    return 0
+
+
+def row(kind: str, summary: dict, layer: dict, build_s: float) -> dict:
+    fine, filtered, ms = summary["error_fine_fix"], summary["error_filtered"], summary["mean_ms"]
+    frames = max(1, summary["frames_processed"])
+    per_frame = sum(ms.get(stage, 0.0) for stage in ("decode", "preprocess", "embed", "search", "estimate", "filter",
+                                                       "sinks"))
+    return {
+        "kind": kind, "mb_per_km2": layer["bytes_per_km2"] / 1e6, "build_s": build_s,
+        "verified": summary["fixes_geometric"] / frames,
+        "fine_median": fine["median_m"], "fine_p90": fine["p90_m"], "fine_max": fine["max_m"],
+        # Frames the filter had no estimate for count as failures.
+        "within_25": (filtered["within_25m"] or 0.0) * filtered["frames"] / frames,
+        "filt_median": filtered["median_m"], "filt_p90": filtered["p90_m"],
+        "refine": ms.get("refine"), "detect": ms.get("refine_detect"), "match": ms.get("refine_match"),
+        "fit": ms.get("refine_fit"), "adds": ms.get("refine", 0.0) / per_frame,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
