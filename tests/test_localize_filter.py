@@ -159,3 +159,40 @@ def test_error_stats_match_numpy_within_the_bin_width():
     assert summary["within_25m"] == pytest.approx(np.mean(errors <= 25.0))
     assert summary["within_50m"] == pytest.approx(np.mean(errors <= 50.0))
     assert ErrorStats().summary()["median_m"] is None
+
+
+def test_a_fix_covariance_weights_each_axis_on_its_own():
+    """A fix sure of x (1 m) and vague about y (100 m) moves the state along x only."""
+    kf = ConstantVelocityKalman()
+    kf.reset((0.0, 0.0), 0.0, 20.0)
+    result = kf.update((30.0, 30.0), 0.0, np.diag([1.0, 100.0 ** 2]))
+    assert result.accepted
+    x, y = kf.position
+    assert x == pytest.approx(30.0, abs=0.2) and abs(y) < 2.0
+    assert kf.cov[0, 0] < 1.01 and kf.cov[1, 1] > 300.0
+
+
+def test_a_tracking_filter_refuses_reinitialisation():
+    kf = ConstantVelocityKalman(KalmanConfig(max_rejections=3, reinit_consensus=2))
+    kf.reset((0.0, 0.0), 0.0, 2.0)
+    for t in range(1, 6):
+        assert not kf.update((500.0, 0.0), float(t), 2.0, may_reinitialise=False).accepted
+    assert kf.position[0] < 1.0 and kf.rejected_xy == []
+    assert kf.update((500.0, 0.0), 6.0, 2.0).accepted is False
+    assert kf.update((500.0, 0.0), 7.0, 2.0).reinitialised  # consensus of 2 once allowed
+
+
+def test_the_look_at_offset_covariance_matches_a_monte_carlo():
+    from meanloc.runtime.geo.rectify import CameraAttitude
+    from meanloc.runtime.localize.look_at import AttitudeUncertainty, look_at_offset, offset_covariance
+
+    attitude = CameraAttitude(200.0, 40.0, 30.0, 70.0)
+    sigma = AttitudeUncertainty(heading_deg=5.0, pitch_deg=1.0, altitude_m=8.0)
+    rng = np.random.default_rng(0)
+    samples = np.array([look_at_offset(attitude._replace(
+        yaw_deg=30.0 + rng.normal(0, 5.0), pitch_deg=40.0 + rng.normal(0, 1.0), altitude_m=200.0 + rng.normal(0, 8.0)))
+        for _ in range(20000)])
+    predicted = offset_covariance(attitude, sigma)
+    measured = np.cov(samples.T)
+    assert np.allclose(np.linalg.eigvalsh(predicted), np.linalg.eigvalsh(measured), rtol=0.1)
+    assert np.trace(offset_covariance(attitude, sigma, heading_measured=True)) < np.trace(predicted)

@@ -335,7 +335,8 @@ class LocalizationLoop:
         self.counters.fixes_confident += 1
         fix_cov = noise_covariance(fix.noise)
         predicted = None
-        if self.filter.initialised:
+        was_initialised = self.filter.initialised
+        if was_initialised:
             # The look-at point as predicted (vehicle + this frame's offset, with the offset's
             # uncertainty), fused below with the fix if the filter accepts it.
             predicted = (np.asarray(self.filter.position) + offset, self.filter.cov[:2, :2] + offset_cov)
@@ -361,7 +362,7 @@ class LocalizationLoop:
             mean, cov = predicted
             gain = cov @ np.linalg.inv(cov + fix_cov)
             self._fused_look_at = mean + gain @ (self._fused_look_at - mean)
-        if result.reinitialised and self.counters.fixes_accepted > 1:
+        if result.reinitialised and was_initialised:
             self.counters.filter_reinitialisations += 1
             LOG.info("frame %d: filter re-initialised on the fix after repeated rejections", frame.index)
             return {"status": "reinitialised", "mahalanobis2": d2}
