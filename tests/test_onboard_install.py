@@ -94,6 +94,39 @@ def test_bank_localize_profile_onboard(nano_onnx, tmp_path, capsys):
     assert {"decode", "preprocess", "inference", "search"} <= set(report["results"][0]["stages"])
 
 
+@pytest.fixture(scope="module")
+def fine_assets(nano_onnx, tmp_path_factory):
+    assets = os.environ.get("MEANLOC_ONBOARD_ASSETS")
+    if assets:
+        return Path(assets) / "fine"
+    from onboard_assets import make_fine_assets
+
+    return make_fine_assets(tmp_path_factory.mktemp("onboard-fine"), nano_onnx)
+
+
+def test_fine_stage_onboard(nano_onnx, fine_assets, tmp_path):
+    """Geometric verification with the system-like numpy/OpenCV: an image folder, a fixed camera
+    attitude and a prior 100 m off; the verified fixes land on the true look-at points."""
+    from meanloc.runtime.bank.frame import LocalFrame
+
+    flight = json.loads((fine_assets / "flight.json").read_text())
+    truths = flight["truths"]
+    prior = "{},{}".format(truths[0][0] + 0.0009, truths[0][1])  # ~100 m north
+    assert main(["localize", "--model", str(nano_onnx), "--bank", str(fine_assets / "bank"),
+                 "--source", str(fine_assets / "frames"), "--camera-hfov", str(flight["hfov_deg"]),
+                 "--camera-pitch", str(flight["pitch_deg"]), "--altitude-agl", str(flight["altitude_m"]),
+                 "--heading", str(flight["heading_deg"]), "--prior", prior, "--window-m", "300",
+                 "--jsonl", str(tmp_path / "track.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "track.jsonl").read_text().splitlines()]
+    frame = LocalFrame(*truths[0])
+    geometric = [r for r in records if r["fix_source"] == "geometric"]
+    assert len(geometric) >= 3
+    for record in geometric:
+        fix = np.array(frame.to_xy(record["fix_lat"], record["fix_lon"]))
+        truth = np.array(frame.to_xy(*truths[record["frame"]]))
+        assert np.hypot(*(fix - truth)) < 10.0
+
+
 def test_doctor_runs_onboard(capsys):
     assert main(["doctor", "--json"]) == 0
     environment = json.loads(capsys.readouterr().out)["environment"]

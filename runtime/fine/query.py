@@ -26,7 +26,7 @@ HOMOGRAPHY = "homography"
 # The patch spans the ground width the lens sees at the look-at point, within these bounds: the
 # near and middle field, where the frame is sharp; the far field of an oblique view is smeared.
 MIN_PATCH_SIDE_M = 60.0
-MAX_PATCH_SIDE_M = 400.0
+MAX_PATCH_SIDE_M = 300.0
 
 
 class QueryFeatures(NamedTuple):

@@ -102,6 +102,7 @@ class FineStage:
 
     def refine(self, image: np.ndarray, attitude: Optional[CameraAttitude], heading_deg: Optional[float],
                candidates: Sequence[Candidate], clock: Callable[[], float] = time.perf_counter) -> FineResult:
+        cfg = self.config
         timings = {stage: 0.0 for stage in FINE_STAGES}
         start = clock()
         query = self._describe(image, attitude, heading_deg)
@@ -110,28 +111,28 @@ class FineStage:
             return _refused("no heading for this frame", timings)
         if not candidates:
             return _refused("no candidate region", timings)
-        if len(query) < self.config.min_inliers:
-            return _refused("{} query features (< {})".format(len(query), self.config.min_inliers), timings)
+        if len(query) < cfg.min_inliers:
+            return _refused("{} query features (< {})".format(len(query), cfg.min_inliers), timings)
         start = clock()
         reach = query.reach_m if query.reach_m is not None else DEFAULT_REACH_M
         region = self.layer.gather([(c.x, c.y, c.radius_m + reach) for c in candidates])
-        if len(region) < self.config.min_inliers:
+        if len(region) < cfg.min_inliers:
             timings["match"] = clock() - start
             return _refused("{} bank features around the candidates".format(len(region)), timings)
         if query.model == SIMILARITY:
-            matches = knn_matches(query.descriptors, region.descriptors, self.extractor.norm, self.config.knn)
+            matches = knn_matches(query.descriptors, region.descriptors, self.extractor.norm, cfg.knn)
         else:
-            matches = ratio_matches(query.descriptors, region.descriptors, self.extractor.norm, self.config.ratio)
+            matches = ratio_matches(query.descriptors, region.descriptors, self.extractor.norm, cfg.ratio)
         timings["match"] = clock() - start
         start = clock()
         src, dst = query.xy[matches.query], region.xy[matches.bank]
         peak: Optional[VotePeak] = None
         if query.model == SIMILARITY:
             circles = [(c.x, c.y, c.radius_m) for c in candidates]
-            peak = vote_translation(src, dst, circles, self.config.vote_bin_m, self.rotations)
+            peak = vote_translation(src, dst, circles, cfg.vote_bin_m, self.rotations)
             # Matches that agree with the peak within a few bins (plus the rotation step's slack
             # at the patch's edge) go to the robust fit.
-            slack = 3.0 * self.config.vote_bin_m + reach * math.radians(self.config.rotation_step_deg) / 2.0
+            slack = 3.0 * cfg.vote_bin_m + reach * math.radians(cfg.rotation_step_deg) / 2.0
             residual = np.hypot(*(dst - (rotate(src, peak.rotation_deg) + peak.translation)).T)
             keep = one_to_one(matches.query, matches.bank, residual, slack)
             src, dst = src[keep], dst[keep]

@@ -1,0 +1,95 @@
+"""Metres from geometry: the demo's flight with its trained model and with an UNTRAINED one.
+
+Reads a finished `meanloc demo` work folder (its data, ONNX model and bank with the local-feature
+layer) and flies the demo's synthetic flight (same frames, seed, area, camera and options as the
+demo's `localize` step) through the real loop:
+  * trained: the demo's FP32 model and bank (as the demo's own flight step);
+  * untrained: a random-weight model of the same preset, exported by the real exporter, with a bank
+    of its own embeddings and the same orthophoto's local features, flown with `--window-m 400`
+    from the dead-reckoning prior. Retrieval is then at chance: whatever is within metres comes
+    from the fine stage.
+Errors are against the true look-at point; shares "within 25 m" count frames without an estimate
+as failures. Prints a Markdown table.
+
+Usage: python bench/bench_fine_localization.py --workdir meanloc-demo [--frames 150]
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from common import machine_description, random_onnx
+
+from meanloc.cli import main as meanloc
+from meanloc.demo import DemoOptions, held_out_area
+
+
+def flight_argv(work: Path, model: Path, bank: Path, summary: Path, options: DemoOptions, cross_source: bool) -> list:
+    """The demo's own localize step (see meanloc/demo.py), with another model and bank."""
+    world = work / "data" / "world" / ("drone.tif" if cross_source else "satellite.tif")
+    return ["localize", "--model", str(model), "--bank", str(bank), "--source", f"synthetic:{world}",
+            "--frames", str(options.flight_frames), "--flight-seed", str(options.seed),
+            "--flight-area", held_out_area(work / "data"), "--flight-pattern", options.flight_pattern,
+            "--flight-altitude", f"{options.flight_altitude_m:g}", "--flight-pitch", f"{options.flight_pitch_deg:g}",
+            "--estimator", "weighted", "--window-m", "400", "--summary", str(summary), "--jsonl", str(summary.with_suffix(".jsonl"))]
+
+
+def row(label: str, summary: dict) -> str:
+    frames = max(1, summary["frames_processed"])
+
+    def share(stats: dict) -> float:
+        return (stats["within_25m"] or 0.0) * stats["frames"] / frames if stats["frames"] else 0.0
+
+    def m(value):
+        return "-" if value is None else f"{value:.1f}"
+
+    filtered, fine, retrieval = summary["error_filtered"], summary["error_fine_fix"], summary["error_retrieval_fix"]
+    return (f"| {label} | {frames} | {summary['fixes_geometric'] / frames:.0%} | {m(filtered['median_m'])} | "
+            f"{m(filtered['p90_m'])} | {share(filtered):.1%} | {m(fine['median_m'])} / {m(fine['p90_m'])} | "
+            f"{m(retrieval['median_m'])} / {m(retrieval['p90_m'])} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="meanloc-demo", help="a finished `meanloc demo` folder")
+    parser.add_argument("--frames", type=int, default=None, help="frames to fly (default: the demo's)")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    dataset = json.loads((work / "data" / "dataset.json").read_text())
+    cross_source = bool(dataset.get("cross_source"))
+    options = DemoOptions(workdir=str(work))
+    if args.frames:
+        options.flight_frames = args.frames
+    preset = json.loads((work / "bank" / "manifest.json").read_text())["identity"]["preset"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        trained = folder / "trained.json"
+        if meanloc(flight_argv(work, work / "model.onnx", work / "bank", trained, options, cross_source)) != 0:
+            raise SystemExit("the trained flight failed")
+        rows.append(row(f"trained {preset} (the demo's model)", json.loads(trained.read_text())))
+        untrained_model = folder / "untrained.onnx"
+        random_onnx(untrained_model, preset)
+        satellite = work / "data" / "world" / "satellite.tif"
+        tile_m = json.loads((work / "bank" / "manifest.json").read_text())["build"]["tile_m"]
+        if meanloc(["bank", "build", "--model", str(untrained_model), "--orthophoto", str(satellite), "--out",
+                    str(folder / "bank"), "--tile-m", f"{tile_m:g}", "--overlap", "0.75", "--no-progress"]) != 0:
+            raise SystemExit("the untrained bank failed")
+        untrained = folder / "untrained.json"
+        if meanloc(flight_argv(work, untrained_model, folder / "bank", untrained, options, cross_source)) != 0:
+            raise SystemExit("the untrained flight failed")
+        rows.append(row(f"untrained {preset} (random weights)", json.loads(untrained.read_text())))
+    setting = "cross-source (flight from the second date)" if cross_source else "single date"
+    print(f"Fine localization on the demo's flight ({setting}, {options.flight_frames} frames, "
+          f"{options.flight_altitude_m:g} m, {options.flight_pitch_deg:g} deg pitch, window 400 m); "
+          f"{machine_description()}\n")
+    print("| model | frames | geometric fixes | filtered median m | filtered p90 m | within 25 m (all frames) | "
+          "geometric fix median / p90 m | retrieval fix median / p90 m |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
