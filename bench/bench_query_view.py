@@ -21,6 +21,7 @@ from pathlib import Path
 from common import machine_description
 
 from meanloc.cli import main as meanloc
+from meanloc.runtime.artifacts import read_jsonl
 
 SETTINGS = (("pose-aware queries (synthetic recipe default)", []),
             ("frames as captured (MEAN as published)", ["--no-pose-aware-queries"]))
@@ -35,7 +36,7 @@ def run_setting(data: Path, out: Path, minutes: float, extra: list[str]) -> dict
                 "--split", "test", "--protocol", "both", "--out", str(out / "eval.json"), "--no-progress"]) != 0:
         raise SystemExit(f"evaluation failed for {out}")
     report = json.loads((out / "eval.json").read_text())
-    end = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    end = list(read_jsonl(out / "metrics.jsonl"))
     steps = max(record.get("step", 0) for record in end)
     rows = {(r["direction"], r["protocol"]): r["metrics"] for r in report["results"]}
     return {"steps": steps, "junk": rows[("d2s", "junk_distractors")], "full": rows[("d2s", "full")]}

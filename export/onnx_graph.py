@@ -114,14 +114,14 @@ def _check_interface(model: Any, source: str) -> tuple[int, int]:
         or len(outputs) != 1
         or outputs[0].name != OUTPUT_NAME
     ):
-        raise MeanlocError(
+        raise ArtifactMismatchError(
             f"{source} is not a meanloc embedder: it has inputs {[v.name for v in inputs]} and outputs {[v.name for v in outputs]}, expected {expected}"
         )
     in_dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
     if len(in_dims) != 4 or in_dims[1] != 3 or in_dims[2] is None or in_dims[2] != in_dims[3]:
-        raise MeanlocError(f"{source} input '{INPUT_NAME}' has shape {in_dims}, expected {expected}")
+        raise ArtifactMismatchError(f"{source} input '{INPUT_NAME}' has shape {in_dims}, expected {expected}")
     if len(out_dims) != 2 or out_dims[1] is None:
-        raise MeanlocError(f"{source} output '{OUTPUT_NAME}' has shape {out_dims}, expected {expected}")
+        raise ArtifactMismatchError(f"{source} output '{OUTPUT_NAME}' has shape {out_dims}, expected {expected}")
     return int(in_dims[2]), int(out_dims[1])
 
 

@@ -6,7 +6,7 @@ is instant and nothing here imports torch. Python 3.8 compatible.
 
 import argparse
 import json
-from typing import List
+from typing import Any, Dict, List
 
 from meanloc.errors import MeanlocError
 
@@ -44,6 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=4096, help="tiles per resumable shard (default 4096)"
     )
     build.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace the bank (or unfinished build) in --out; the old bank stays usable until the "
+                       "new one is written")
+    build.add_argument("--skip-bad-images", action="store_true",
+                       help="--tiles-dir: skip (and count) damaged, truncated or unreadable tile images instead of "
+                       "refusing to build")
     build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
@@ -54,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     info.add_argument("bank", help="bank folder")
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     info.add_argument("--tiles-csv", metavar="FILE", help="also export the tile metadata table as CSV")
+    info.add_argument("--overwrite", action="store_true", help="replace an existing --tiles-csv file")
     info.set_defaults(handler=_info)
 
     verify = sub.add_parser("verify", help="check hashes, shapes and metadata of a bank (exit 1 on failure)")
@@ -79,20 +86,48 @@ def _parse_scales(text: str) -> List[float]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from meanloc.runtime.backends import open_backend
-
-    from .bank import build_bank_from_orthophoto, build_bank_from_tiles
-
     if args.tiles_dir and not args.tiles_csv:
         raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
     if args.orthophoto and args.tiles_csv:
         raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
+    if args.skip_bad_images and not args.tiles_dir:
+        raise MeanlocError("--skip-bad-images goes with --tiles-dir (an orthophoto is one image)")
     options = {
         "batch": args.batch,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
+        "overwrite": args.overwrite,
     }
+    from pathlib import Path
+
+    from .artifacts import remove_orphan_temp_files
+    from .bank.build import SHARDS_DIR
+    from .run_folder import folder_lock, lock_path_for
+
+    # One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the first.
+    with folder_lock(lock_path_for(args.out), args.out, "meanloc bank build"):
+        for folder in (Path(args.out), Path(args.out) / SHARDS_DIR):
+            remove_orphan_temp_files(folder)  # left by a build killed while writing
+        result = _build_locked(args, options)
+    print(
+        "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
+            result.path,
+            result.count,
+            result.candidates,
+            result.skipped_invalid,
+            result.shards_reused,
+            result.shards_built,
+        )
+    )
+    return 0
+
+
+def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+    from meanloc.runtime.backends import open_backend
+
+    from .bank import build_bank_from_orthophoto, build_bank_from_tiles
+
     with open_backend(args.model, backend=args.backend) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
@@ -107,24 +142,19 @@ def _build(args: argparse.Namespace) -> int:
                 **options,
             )
         else:
-            result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out, **options)
-    print(
-        "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
-            result.path,
-            result.count,
-            result.candidates,
-            result.skipped_invalid,
-            result.shards_reused,
-            result.shards_built,
-        )
-    )
-    return 0
+            result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out,
+                                           skip_bad_images=args.skip_bad_images, **options)
+    return result
 
 
 def _info(args: argparse.Namespace) -> int:
     from .bank import SatelliteBank
     from .bank.store import EMBEDDINGS_FILE
 
+    if args.tiles_csv:
+        from .artifacts import claim_output
+
+        claim_output(args.tiles_csv, args.overwrite)
     bank = SatelliteBank.open(args.bank, device="cpu")
     if args.tiles_csv:
         from .artifacts import atomic_write_text

@@ -73,7 +73,6 @@ class TensorRTBackend(EmbeddingBackend):
     ) -> None:
         self.path = str(path)
         self._memory = None  # type: Optional[CudaMemory]
-        trt = import_tensorrt()
         try:
             with open(self.path, "rb") as handle:
                 plan = handle.read()
@@ -92,6 +91,8 @@ class TensorRTBackend(EmbeddingBackend):
         check_engine_sidecar(self.sidecar, engine_environment(probe_dla=uses_dla))
         self.identity = _identity_from_sidecar(self.sidecar, engine_sha256, self.path)
 
+        # TensorRT only now: a file that is no meanloc engine is refused the same way on every machine.
+        trt = import_tensorrt()
         self._memory = memory if memory is not None else open_cuda_memory()
         try:
             self._load(trt, plan, max_batch, warmup_runs)

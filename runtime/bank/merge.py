@@ -15,6 +15,7 @@ from meanloc.errors import ArtifactMismatchError, MeanlocError
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
+    check_bank_integrity,
     manifest_identity,
     open_embeddings,
     open_tiles,
@@ -68,6 +69,8 @@ def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
         ],
     }
     embeddings = [open_embeddings(d, m) for d, m in zip(bank_dirs, manifests)]
+    for directory, manifest, array in zip(bank_dirs, manifests, embeddings):
+        check_bank_integrity(directory, manifest, array)  # never copy damage into a new bank
     return write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
 
 
