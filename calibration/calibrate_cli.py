@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from meanloc.export.onnx_graph import load_embedding_onnx
+    from meanloc.runtime.artifacts import remove_orphan_temp_files
 
     from .calibset import from_dataset, from_folder
     from .pipeline import CACHE_NAME, calibrate
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if (Path(args.out) / CACHE_NAME).exists() and not args.overwrite:
         raise MeanlocError(f"{args.out} already holds a calibration ({CACHE_NAME}); pass --overwrite to replace "
                            "it, or choose another --out")
+    remove_orphan_temp_files(args.out)  # left by a calibration killed while writing
     identity = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity
     spec = identity.preprocess
     if args.images:

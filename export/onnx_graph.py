@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 from meanloc.runtime.artifacts import sha256_bytes
 from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
 
@@ -54,7 +54,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError:
-        raise MeanlocError("the Python package 'onnx' is needed here: pip install onnx") from None
+        raise MissingDependencyError("the Python package 'onnx' is needed here: pip install onnx") from None
     return onnx
 
 

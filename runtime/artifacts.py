@@ -134,8 +134,9 @@ def process_alive(pid: int) -> bool:
 
 
 def claim_output(path: PathLike, overwrite: bool, option: str = "--overwrite") -> Path:
-    """Refuse to replace an existing output file unless `overwrite`; create its folder. Commands call
-    this before any work, so a refusal costs nothing and an existing file is never touched."""
+    """Refuse to replace an existing output file unless `overwrite`; create its folder and remove the
+    temporary files a killed run left of it. Commands call this before any work, so a refusal costs
+    nothing and an existing file is never touched."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise MeanlocError(
@@ -144,7 +145,8 @@ def claim_output(path: PathLike, overwrite: bool, option: str = "--overwrite") -
         )
     if path.is_dir():
         raise MeanlocError("{} is a folder; the output must be a file".format(path))
-    ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    remove_orphan_temp_files(folder, path.name)  # what a killed earlier run left of this output
     return path
 
 

@@ -35,7 +35,7 @@ from typing import IO, Any, Iterator, List, Optional, Union
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -411,8 +411,6 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        from meanloc.errors import MissingDependencyError
-
         raise MissingDependencyError(
             "reading images needs OpenCV: pip install opencv-python-headless (on Jetson use JetPack's "
             "python3-opencv)."

@@ -138,11 +138,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _claim_outputs(args: argparse.Namespace) -> None:
-    """Refuse existing outputs before any work (unless --overwrite), and remove the temporary files
-    that a killed earlier run left next to them."""
+    """Refuse existing outputs before any work (unless --overwrite); remove what a killed run left."""
     from pathlib import Path
 
-    from .artifacts import claim_output, remove_orphan_temp_files
+    from .artifacts import claim_output
 
     outputs = [path for path in (args.jsonl, args.csv, args.geojson, args.summary) if path and path != "-"]
     resolved = [Path(path).resolve() for path in outputs]
@@ -150,7 +149,6 @@ def _claim_outputs(args: argparse.Namespace) -> None:
         raise MeanlocError("--jsonl, --csv, --geojson and --summary must name different files")
     for path in outputs:
         claim_output(path, args.overwrite)
-        remove_orphan_temp_files(Path(path).parent if str(Path(path).parent) else ".", Path(path).name)
 
 
 def _open_sinks(args: argparse.Namespace) -> List[Any]:

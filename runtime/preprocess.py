@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +64,7 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise MeanlocError(
+        raise MissingDependencyError(
             "OpenCV is needed for preprocessing: pip install opencv-python-headless "
             "(on Jetson use JetPack's python3-opencv)"
         ) from None

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 
 from ..artifacts import sha256_file
 from ..cuda_memory import CudaMemory, open_cuda_memory
@@ -55,7 +55,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError:
-        raise MeanlocError("the tensorrt backend needs TensorRT's Python bindings: " + TENSORRT_INSTALL_HINT) from None
+        raise MissingDependencyError("the tensorrt backend needs TensorRT's Python bindings: " + TENSORRT_INSTALL_HINT) from None
     return tensorrt
 
 

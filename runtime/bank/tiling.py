@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from ..artifacts import sha256_file
 from .frame import LocalFrame
@@ -234,7 +234,7 @@ def _from_wgs84(crs: str) -> Any:
     try:
         import pyproj
     except ImportError:
-        raise MeanlocError("building a bank from tile files needs pyproj: pip install pyproj") from None
+        raise MissingDependencyError("building a bank from tile files needs pyproj: pip install pyproj") from None
     return pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 # Corners are always listed clockwise from the top-left: TL, TR, BR, BL.
 CORNER_NAMES = ("top_left", "top_right", "bottom_right", "bottom_left")
@@ -35,7 +35,7 @@ def require_module(module: str, extra: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise MeanlocError("{} is not installed; run `pip install meanloc[{}]`".format(module, extra)) from None
+        raise MissingDependencyError("{} is not installed; run `pip install meanloc[{}]`".format(module, extra)) from None
 
 
 def require_cv2() -> Any:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from ..images import IMAGE_SUFFIXES, BadImages, ImageError, ImageMissingError, is_image_name, read_image
 
@@ -262,7 +262,7 @@ def open_source(spec: str, synthetic: Optional["SyntheticFlightOptions"] = None,
     try:
         import cv2
     except ImportError:
-        raise MeanlocError("reading frames needs OpenCV (pip install opencv-python-headless; on Jetson use "
+        raise MissingDependencyError("reading frames needs OpenCV (pip install opencv-python-headless; on Jetson use "
                            "JetPack's python3-opencv, which has GStreamer)") from None
     if spec.startswith("synthetic:"):
         from .synthetic import SyntheticFlightOptions, SyntheticFlightSource
