@@ -210,6 +210,24 @@ def read_json(path: PathLike, what: str = "file") -> Dict[str, Any]:
     return payload
 
 
+def open_jsonl(path: PathLike, append: bool) -> int:
+    """A file descriptor for a JSON Lines log written one `os.write` per record. Appending first
+    cuts a torn last line (a crash in the middle of a write), so new records start on their own line."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+    end = os.fstat(fd).st_size
+    if not append or end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return fd
+    while end > 0:  # back to the last complete line
+        start = max(0, end - (1 << 16))
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    return fd
+
+
 def read_jsonl(path: PathLike) -> Iterator[Dict[str, Any]]:
     """The records of a JSON Lines file; a torn last line (a crash mid-write) is skipped, a bad line
     anywhere else is an error naming the file and line."""

@@ -121,7 +121,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="send GPS_INPUT to an autopilot, e.g. udpout:127.0.0.1:14550 (ArduPilot: GPS1_TYPE=14)")
     parser.add_argument("--summary", default=None, metavar="FILE", help="write the run summary as JSON")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (each only once this run has produced its replacement)")
+                        help="replace existing output files (each only once this run has produced its replacement); "
+                        "or put {time} in a file name, which becomes the start time (UTC), e.g. flight-{time}.jsonl")
     flight = parser.add_argument_group("synthetic flights (--source synthetic:ORTHO.tif)")
     flight.add_argument("--flight-speed", type=_positive(float), default=10.0, help="ground speed (m/s)")
     flight.add_argument("--flight-altitude", type=_positive(float), default=150.0, help="altitude above ground (m)")
@@ -138,11 +139,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _claim_outputs(args: argparse.Namespace) -> None:
-    """Refuse existing outputs before any work (unless --overwrite); remove what a killed run left."""
+    """Refuse existing outputs before any work (unless --overwrite); remove what a killed run left.
+    `{time}` in a name becomes the start time, so a restarted service writes new files."""
+    import time
     from pathlib import Path
 
     from .artifacts import claim_output
 
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for option in ("jsonl", "csv", "geojson", "summary"):
+        value = getattr(args, option)
+        if value and "{time}" in value:
+            setattr(args, option, value.replace("{time}", stamp))
     outputs = [path for path in (args.jsonl, args.csv, args.geojson, args.summary) if path and path != "-"]
     resolved = [Path(path).resolve() for path in outputs]
     if len(set(resolved)) != len(resolved):

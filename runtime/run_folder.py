@@ -49,6 +49,7 @@ def folder_lock(lock_path: PathLike, what: PathLike, command: str) -> Iterator[N
     import fcntl
 
     lock_path = Path(lock_path)
+    created = not lock_path.parent.exists()
     ensure_writable_dir(lock_path.parent)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -86,6 +87,9 @@ def folder_lock(lock_path: PathLike, what: PathLike, command: str) -> Iterator[N
         with contextlib.suppress(OSError):
             os.unlink(str(lock_path))  # while still holding it, so no one can take a half-released lock
         os.close(fd)
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(str(lock_path.parent))
 
 
 def folder_entries(folder: PathLike, ignore: Sequence[str] = (LOCK_NAME,)) -> List[Path]:

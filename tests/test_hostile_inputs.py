@@ -433,6 +433,8 @@ def test_existing_outputs_are_refused_without_overwrite(world, tmp_path, capfd):
     run = cli(capfd, argv + ["--jsonl", outputs["--jsonl"], "--geojson", outputs["--geojson"], "--overwrite"])
     assert run.code == EXIT_OK and len(list(read_jsonl(outputs["--jsonl"]))) == 3
     assert json.loads(outputs["--geojson"].read_text())["type"] == "FeatureCollection"
+    run = cli(capfd, argv + ["--jsonl", tmp_path / "flight-{time}.jsonl"])  # or a new name per run
+    assert run.code == EXIT_OK and len(list(tmp_path.glob("flight-*T*Z.jsonl"))) == 1
 
 
 def test_train_refuses_a_used_folder_and_starts_over_only_with_overwrite(world, tmp_path, capfd):

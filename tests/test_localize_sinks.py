@@ -2,13 +2,14 @@
 
 import csv
 import json
+import os
 import socket
 
 import pytest
 from pymavlink.dialects.v20 import common as mavlink2
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import read_jsonl
+from meanloc.runtime.artifacts import open_jsonl, read_jsonl
 from meanloc.runtime.localize.loop import RECORD_FIELDS, STAGES
 from meanloc.runtime.localize.mavlink_sink import FIX_NONE, MavlinkGpsInputSink, gps_week_and_ms
 from meanloc.runtime.localize.sinks import CsvSink, GeoJsonTrackSink, JsonlSink
@@ -69,6 +70,15 @@ def test_jsonl_reader_skips_only_a_torn_last_line(tmp_path):
     path.write_text('{"frame": 0}\n{"fra\n{"frame": 2}\n')
     with pytest.raises(MeanlocError, match="line 2 is not valid JSON"):
         list(read_jsonl(path))
+
+
+def test_appending_to_a_log_first_cuts_its_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    fd = open_jsonl(path, append=True)
+    os.write(fd, b'{"step": 3}\n')
+    os.close(fd)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
 
 
 def test_gps_time_of_a_known_instant():

@@ -11,10 +11,12 @@ from calib_support import export_nano_onnx, write_university_tree
 from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.pipeline import calibrate
 from meanloc.cli import main
-from meanloc.errors import MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export.precision_report import build_precision_report
+from meanloc.runtime.artifacts import new_manifest
 from meanloc.runtime.images import read_image
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
+from meanloc.runtime.trt_env import ENGINE_SIDECAR_KIND
 from meanloc.training.data.splits import load_eval_split
 
 
@@ -62,6 +64,10 @@ def test_engines_are_listed_as_skipped_without_tensorrt(setup, tmp_path):
     exported, data, _, _ = setup
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"plan")
+    with pytest.raises(ArtifactMismatchError, match="no sidecar manifest"):  # not a meanloc engine at all
+        build_precision_report(exported.path, data, engines=[engine], batch_size=4)
+    sidecar = new_manifest(ENGINE_SIDECAR_KIND, identity=exported.identity.to_dict(), environment={})
+    (tmp_path / "model.fp16.engine.json").write_text(json.dumps(sidecar))
     report = build_precision_report(exported.path, data, engines=[engine], batch_size=4)
     assert [row["label"] for row in report["rows"]] == ["ORT FP32"]
     assert report["skipped"] == [

@@ -29,6 +29,9 @@ def test_a_second_writer_is_told_who_holds_the_folder(tmp_path):
             pass
         assert info.value.exit_code == EXIT_IN_USE
     assert not (tmp_path / LOCK_NAME).exists()  # released and removed
+    with folder_lock(lock_path_for(tmp_path / "new"), tmp_path / "new", "meanloc train"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()  # a folder the lock created and nothing used is removed again
 
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):

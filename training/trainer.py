@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ensure_writable_dir, open_jsonl
 from meanloc.runtime.query_view import QueryView
 
 from .checkpoint import load_checkpoint, load_imagenet_backbone, save_checkpoint
@@ -188,7 +188,7 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_TRUNC), 0o644)
+        self.fd = open_jsonl(path, append=resume)  # a resumed run first drops a line torn by the crash
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -27,7 +27,15 @@ import numpy as np
 
 from meanloc.errors import MeanlocError, MissingDependencyError
 
-from ..images import IMAGE_SUFFIXES, BadImages, ImageError, ImageMissingError, is_image_name, read_image
+from ..images import (
+    IMAGE_SUFFIXES,
+    MIN_IMAGE_SIDE,
+    BadImages,
+    ImageError,
+    ImageMissingError,
+    is_image_name,
+    read_image,
+)
 
 if TYPE_CHECKING:  # the synthetic source pulls in the geo stack: import it only when used
     from .synthetic import SyntheticFlightOptions
@@ -92,7 +100,7 @@ def as_bgr_frame(image: Any) -> Optional[np.ndarray]:
         import cv2
 
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 8:
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < MIN_IMAGE_SIDE:
         return None
     if image.shape[2] == 4:
         import cv2
