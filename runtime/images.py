@@ -443,9 +443,9 @@ def _decode(data: bytes, name: str, header: ImageHeader, unchanged: bool, min_si
 
 def decode_image(data: bytes, name: str, unchanged: bool = False, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
     """Check and decode an image held in memory; `name` appears in errors. See `read_image`."""
-    src = _Source(data=bytes(data))
-    header = _check(src, name, True, min_side)
-    return _decode(bytes(data), name, header, unchanged, min_side)
+    data = bytes(data)
+    header = _check(_Source(data=data), name, True, min_side)
+    return _decode(data, name, header, unchanged, min_side)
 
 
 def read_image(path: PathLike, unchanged: bool = False, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
