@@ -21,6 +21,7 @@ from pathlib import Path
 from common import machine_description
 
 from meanloc.cli import main as meanloc
+from meanloc.runtime.artifacts import read_jsonl
 
 SETTINGS = (("pose-aware queries (synthetic recipe default)", []),
             ("frames as captured (MEAN as published)", ["--no-pose-aware-queries"]))
@@ -29,13 +30,14 @@ SETTINGS = (("pose-aware queries (synthetic recipe default)", []),
 def run_setting(data: Path, out: Path, minutes: float, extra: list[str]) -> dict:
     if meanloc(["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", "mean-small",
                 "--max-minutes", f"{minutes:g}", "--seed", "0", "--out-dir", str(out), "--selection", "last",
-                "--no-progress", *extra]) != 0:
+                "--no-progress", "--overwrite", *extra]) != 0:  # a re-run with the same --work starts over
         raise SystemExit(f"training failed for {out}")
     if meanloc(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(data), "--dataset", "synthetic",
-                "--split", "test", "--protocol", "both", "--out", str(out / "eval.json"), "--no-progress"]) != 0:
+                "--split", "test", "--protocol", "both", "--out", str(out / "eval.json"), "--no-progress",
+                "--overwrite"]) != 0:
         raise SystemExit(f"evaluation failed for {out}")
     report = json.loads((out / "eval.json").read_text())
-    end = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    end = list(read_jsonl(out / "metrics.jsonl"))
     steps = max(record.get("step", 0) for record in end)
     rows = {(r["direction"], r["protocol"]): r["metrics"] for r in report["results"]}
     return {"steps": steps, "junk": rows[("d2s", "junk_distractors")], "full": rows[("d2s", "full")]}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from meanloc.errors import MeanlocError
 
 from .qdq import CPU_RECIPES, DEFAULT_CPU_RECIPE
 from .ranges import METHODS
@@ -42,26 +45,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how the ONNX Runtime CPU model is quantized (calibration/qdq.py has the measurements)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified image draw")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="pass over (and count) damaged, truncated or unreadable images instead of refusing them")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the calibration already in --out (its files are replaced one by one, each "
+                        "only once its successor is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from meanloc.export.onnx_graph import load_embedding_onnx
+    from meanloc.runtime.artifacts import remove_orphan_temp_files
 
     from .calibset import from_dataset, from_folder
-    from .pipeline import calibrate
+    from .pipeline import CACHE_NAME, calibrate
 
+    if (Path(args.out) / CACHE_NAME).exists() and not args.overwrite:
+        raise MeanlocError(f"{args.out} already holds a calibration ({CACHE_NAME}); pass --overwrite to replace "
+                           "it, or choose another --out")
+    remove_orphan_temp_files(args.out)  # left by a calibration killed while writing
     identity = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity
     spec = identity.preprocess
     if args.images:
-        calib_set = from_folder(args.images, spec, args.num_images, args.batch, args.seed)
+        calib_set = from_folder(args.images, spec, args.num_images, args.batch, args.seed, args.skip_bad_images)
     else:
         calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch, args.seed,
-                                 query_view=identity.query_view)
+                                 query_view=identity.query_view, skip_bad_images=args.skip_bad_images)
     print(
         f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch})"
     )
+    if calib_set.bad_images:
+        print(f"meanloc calibrate: {calib_set.bad_images.summary()}", file=sys.stderr)
     outputs = calibrate(
         args.onnx, calib_set, args.out, args.method, args.trt_version, progress=not args.no_progress,
         cpu_recipe=args.cpu_recipe,

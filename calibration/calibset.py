@@ -13,14 +13,15 @@ Only whole batches are used: TensorRT's calibrator has a fixed batch size.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.images import BadImages, ImageError, probe_image, read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
 from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 from meanloc.training.data.listing import is_image_file, require_folder
 from meanloc.training.data.query_images import read_query_image
@@ -39,6 +40,8 @@ class CalibrationSet:
     # Drone views among `paths`, prepared as the model's queries.
     query_paths: frozenset[Path] = frozenset()
     query_view: QueryView = FRAMES_AS_CAPTURED
+    # Images of the draw passed over because they are bad (only with skip_bad_images).
+    bad_images: BadImages = field(default_factory=BadImages, compare=False)
 
     @property
     def num_batches(self) -> int:
@@ -57,7 +60,7 @@ class CalibrationSet:
     def _read(self, path: Path) -> np.ndarray:
         if path in self.query_paths:
             return read_query_image(path, self.query_view, self.spec.size)
-        return read_image_bgr(str(path))
+        return read_image(path)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -89,9 +92,29 @@ def _shuffled_strata(strata: dict[str, list[Path]], rng: np.random.Generator) ->
     return _round_robin(groups)
 
 
+def _vetted(ordered: list[Path], wanted: int, skip_bad_images: bool) -> tuple[list[Path], BadImages]:
+    """The first `wanted` images of the draw that pass the image checks (header and end of file):
+    a bad one is refused, or with `skip_bad_images` passed over and counted."""
+    good: list[Path] = []
+    bad = BadImages()
+    for path in ordered:
+        if len(good) >= wanted:
+            break
+        try:
+            probe_image(path)
+        except ImageError as exc:
+            if not skip_bad_images:
+                raise MeanlocError(f"{str(exc).rstrip('.')}; pass --skip-bad-images to calibrate without it") from None
+            bad.add(exc)
+            continue
+        good.append(path)
+    return good, bad
+
+
 def _finish(
     ordered: list[Path], num_images: int, batch_size: int, spec: PreprocessSpec, source: str, seed: int,
     query_paths: frozenset[Path] = frozenset(), query_view: QueryView = FRAMES_AS_CAPTURED,
+    skip_bad_images: bool = False,
 ) -> CalibrationSet:
     if batch_size < 1 or num_images < 1:
         raise MeanlocError(
@@ -99,6 +122,9 @@ def _finish(
         )
     if not ordered:
         raise MeanlocError(f"no images found in {source}")
+    ordered, bad = _vetted(ordered, num_images, skip_bad_images)
+    if not ordered:
+        raise MeanlocError(f"no usable images found in {source} ({bad.summary()})")
     if len(ordered) < batch_size:
         raise MeanlocError(
             f"only {len(ordered)} images in {source}, fewer than one calibration batch of {batch_size}"
@@ -106,11 +132,12 @@ def _finish(
     usable = min(num_images, len(ordered)) // batch_size * batch_size
     if usable == 0:
         raise MeanlocError(f"--num-images {num_images} is fewer than one calibration batch of {batch_size}")
-    return CalibrationSet(tuple(ordered[:usable]), spec, batch_size, source, seed, query_paths, query_view)
+    return CalibrationSet(tuple(ordered[:usable]), spec, batch_size, source, seed, query_paths, query_view, bad)
 
 
 def from_folder(
-    folder: str | Path, spec: PreprocessSpec, num_images: int = 256, batch_size: int = 16, seed: int = 0
+    folder: str | Path, spec: PreprocessSpec, num_images: int = 256, batch_size: int = 16, seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> CalibrationSet:
     """Images anywhere under `folder`, stratified by the sub-folder that holds them."""
     root = require_folder(Path(folder), "calibration image")
@@ -119,7 +146,8 @@ def from_folder(
         if is_image_file(path):
             strata.setdefault(str(path.parent.relative_to(root)), []).append(path)
     ordered = _shuffled_strata(strata, np.random.default_rng(seed))
-    return _finish(ordered, num_images, batch_size, spec, f"image folder {root}", seed)
+    return _finish(ordered, num_images, batch_size, spec, f"image folder {root}", seed,
+                   skip_bad_images=skip_bad_images)
 
 
 def from_dataset(
@@ -130,6 +158,7 @@ def from_dataset(
     batch_size: int = 16,
     seed: int = 0,
     query_view: QueryView = FRAMES_AS_CAPTURED,
+    skip_bad_images: bool = False,
 ) -> CalibrationSet:
     """Drone and satellite images of a University-1652-layout split, alternating views, classes in turn."""
     if split not in SPLITS:
@@ -146,4 +175,4 @@ def from_dataset(
     folders = ", ".join(str(view.folder) for view in views)
     query_paths = frozenset(path for paths in drone.classes.values() for path in paths)
     return _finish(ordered, num_images, batch_size, spec, f"dataset split {split} ({folders})", seed,
-                   query_paths, query_view)
+                   query_paths, query_view, skip_bad_images)

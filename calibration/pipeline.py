@@ -22,6 +22,7 @@ from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
 from .cache import (
     build_cache,
     check_cache_names,
+    manifest_path,
     parse_trt_version,
     read_cache_manifest,
     read_calibration_cache,
@@ -84,6 +85,9 @@ def calibrate(
 
     ranges = collect_ranges(fp32.path, calib_set, method, progress=progress)
     cache = build_cache(ranges.amax(), trt_version)
+    # The manifest marks a complete folder: drop an earlier run's before replacing its artifacts one by
+    # one, so that a failure from here on leaves a folder that is refused, never a silent mix of two runs.
+    manifest_path(folder / CACHE_NAME).unlink(missing_ok=True)
     write_calibration_cache(folder / CACHE_NAME, cache)
     # Read it back: what TensorRT will parse must carry the scales of the ONNX's activations.
     check_cache_names(
@@ -134,6 +138,7 @@ def open_calibration_dir(folder: str | Path, onnx_sha256: str | None = None) -> 
     folder = Path(folder)
     if not (folder / CACHE_NAME).is_file():
         raise MeanlocError(f"{folder} is not a calibration folder (no {CACHE_NAME}; run `meanloc calibrate`)")
+    read_calibration_cache(folder / CACHE_NAME)  # a damaged cache is bad input (2), as in `export engine`
     manifest = read_cache_manifest(folder / CACHE_NAME, onnx_sha256)
     for precision, entry in manifest.get("artifacts", {}).items():
         path = folder / entry["file"]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 from meanloc.runtime.artifacts import atomic_write_bytes
 
 from .cache import parse_calibration_cache, trt_version_code
@@ -87,14 +87,14 @@ def open_device_memory() -> DeviceMemory:
             return backend()
         except ImportError:
             continue
-    raise MeanlocError("device calibration needs pycuda or cuda-python (pip install 'cuda-python>=12.6,<13')")
+    raise MissingDependencyError("device calibration needs pycuda or cuda-python (pip install 'cuda-python>=12.6,<13')")
 
 
 def import_tensorrt_for_calibration() -> Any:
     try:
         import tensorrt
     except ImportError:
-        raise MeanlocError("TensorRT is not installed: INT8 calibration on the device needs it") from None
+        raise MissingDependencyError("TensorRT is not installed: INT8 calibration on the device needs it") from None
     return tensorrt
 
 

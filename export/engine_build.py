@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 from meanloc.runtime.artifacts import (
     atomic_write_bytes,
     atomic_write_json,
@@ -153,7 +153,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise MeanlocError(INSTALL_HINT) from None
+        raise MissingDependencyError(INSTALL_HINT) from None
     except Exception as exc:  # a broken CUDA/numpy install makes the bindings raise other errors
         raise MeanlocError(
             f"TensorRT is installed but does not import ({type(exc).__name__}: {exc})"

@@ -35,6 +35,7 @@ def _configure_onnx(parser: argparse.ArgumentParser) -> None:
         "16: LayerNorm decomposed and marked for FP32, TensorRT 8.5 / JetPack 5",
     )
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (once the new one is complete)")
     parity = parser.add_mutually_exclusive_group()
     parity.add_argument(
         "--parity",
@@ -108,7 +109,9 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
 
 def run_onnx(args: argparse.Namespace) -> int:
     from meanloc.export.onnx_export import export_onnx
+    from meanloc.runtime.artifacts import claim_output
 
+    claim_output(args.out, args.overwrite)
     result = export_onnx(
         args.checkpoint,
         args.out,
@@ -125,6 +128,11 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 def run_engine(args: argparse.Namespace) -> int:
     from meanloc.export.engine_build import build_engine
+
+    if args.calib_cache:  # a damaged cache is refused the same way with or without TensorRT installed
+        from meanloc.calibration.cache import read_calibration_cache
+
+        read_calibration_cache(args.calib_cache)
 
     timing_cache = None if args.timing_cache == "none" else args.timing_cache
     result = build_engine(

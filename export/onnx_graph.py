@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 from meanloc.runtime.artifacts import sha256_bytes
 from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
 
@@ -54,7 +54,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError:
-        raise MeanlocError("the Python package 'onnx' is needed here: pip install onnx") from None
+        raise MissingDependencyError("the Python package 'onnx' is needed here: pip install onnx") from None
     return onnx
 
 
@@ -114,14 +114,14 @@ def _check_interface(model: Any, source: str) -> tuple[int, int]:
         or len(outputs) != 1
         or outputs[0].name != OUTPUT_NAME
     ):
-        raise MeanlocError(
+        raise ArtifactMismatchError(
             f"{source} is not a meanloc embedder: it has inputs {[v.name for v in inputs]} and outputs {[v.name for v in outputs]}, expected {expected}"
         )
     in_dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
     if len(in_dims) != 4 or in_dims[1] != 3 or in_dims[2] is None or in_dims[2] != in_dims[3]:
-        raise MeanlocError(f"{source} input '{INPUT_NAME}' has shape {in_dims}, expected {expected}")
+        raise ArtifactMismatchError(f"{source} input '{INPUT_NAME}' has shape {in_dims}, expected {expected}")
     if len(out_dims) != 2 or out_dims[1] is None:
-        raise MeanlocError(f"{source} output '{OUTPUT_NAME}' has shape {out_dims}, expected {expected}")
+        raise ArtifactMismatchError(f"{source} output '{OUTPUT_NAME}' has shape {out_dims}, expected {expected}")
     return int(in_dims[2]), int(out_dims[1])
 
 

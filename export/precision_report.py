@@ -23,7 +23,9 @@ from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with_markdown
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.identity import ModelIdentity
+from meanloc.runtime.images import BadImages
 from meanloc.runtime.query_view import QueryView
+from meanloc.runtime.trt_env import load_engine_sidecar
 from meanloc.training.data.splits import EvalSplit, load_eval_split
 from meanloc.training.evaluate import Embeddings, evaluate_retrieval, extract_embeddings
 
@@ -53,6 +55,8 @@ def candidates(fp32_onnx: Path, calib_dir: Path | None, engines: Sequence[str | 
     for candidate in found:  # all up front: a typo must not cost a run over the other models first
         if not candidate.path.is_file():
             raise MeanlocError(f"model not found: {candidate.path}")
+        if candidate.path.suffix == ".engine":
+            load_engine_sidecar(str(candidate.path))  # not a meanloc engine: refused even where TensorRT is absent
     return found
 
 
@@ -159,11 +163,22 @@ def build_precision_report(
             "queries": len(eval_split.query_paths),
             "gallery": len(eval_split.gallery_paths),
             "split_summary": eval_split.summary(),
+            "skipped_images": _skipped(reference),
         },
         units="R@K and AP in percent; cosine per image against ORT FP32",
         rows=rows,
         skipped=skipped,
     )
+
+
+def _skipped(reference: tuple[Embeddings, Embeddings] | None) -> str | None:
+    """The images every candidate left out (unreadable or damaged), as one sentence."""
+    if reference is None:
+        return None
+    bad = BadImages()
+    for embeddings in reference:
+        bad.merge(embeddings.bad_images)
+    return bad.summary() if bad else None
 
 
 def format_precision_table(report: dict[str, Any]) -> str:
@@ -185,6 +200,8 @@ def format_precision_table(report: dict[str, Any]) -> str:
         )
     for entry in report["skipped"]:
         lines.append(f"\nSkipped {entry['label']}: {entry['reason']}")
+    if evaluation.get("skipped_images"):
+        lines.append(f"\n{evaluation['skipped_images']}")
     return "\n".join(lines) + "\n"
 
 

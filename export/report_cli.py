@@ -37,17 +37,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     precision.add_argument(
         "--out", required=True, help="report JSON path; the Markdown table goes next to it (.md)"
     )
+    precision.add_argument("--overwrite", action="store_true", help="replace an existing report (once the new one is complete)")
     precision.set_defaults(handler=run_precision)
 
 
 def run_precision(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from meanloc.runtime.artifacts import ensure_writable_dir
+    from meanloc.runtime.artifacts import claim_output
 
     from .precision_report import build_precision_report, format_precision_table, write_precision_report
 
-    ensure_writable_dir(Path(args.out).parent)  # before minutes of inference, not after
+    for path in (Path(args.out), Path(args.out).with_suffix(".md")):  # before minutes of inference, not after
+        claim_output(path, args.overwrite)
     report = build_precision_report(
         args.onnx,
         args.data,

@@ -13,7 +13,13 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from meanloc import __version__
-from meanloc.errors import MeanlocError
+from meanloc.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_MISSING_DEPENDENCY,
+    MeanlocError,
+)
 
 # name -> (module that configures it, one-line help). Order is the order users meet them.
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -61,44 +67,48 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser = _top_parser()
         if not argv:
             parser.print_help()
-            return 2
+            return EXIT_BAD_INPUT
         parser.parse_args(argv)  # prints help/version, or the "invalid choice" error
-        return 2
+        return EXIT_BAD_INPUT
     try:
         parser = build_command_parser(argv[0])
         args = parser.parse_args(argv[1:])
         handler = getattr(args, "handler", None)
         if handler is None:
             parser.print_help()
-            return 2
+            return EXIT_BAD_INPUT
         return int(handler(args) or 0)
-    except MeanlocError as exc:
-        print("meanloc: error: {}".format(exc), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("meanloc: interrupted", file=sys.stderr)
-        return 130
-    except ModuleNotFoundError as exc:
-        if os.environ.get("MEANLOC_DEBUG"):
+    except BaseException as exc:  # the one place where exceptions become exit codes
+        if isinstance(exc, SystemExit):
             raise
-        print(
+        code, message = exit_status(exc)
+        if os.environ.get("MEANLOC_DEBUG") and code != EXIT_INTERRUPTED:
+            raise
+        print(message, file=sys.stderr)
+        return code
+
+
+def exit_status(exc: BaseException) -> Tuple[int, str]:
+    """(exit code, the line to print) for an exception that ended a command (see errors.EXIT_CODES)."""
+    if isinstance(exc, MeanlocError):
+        return exc.exit_code, "meanloc: error: " + as_sentence(str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "meanloc: interrupted."
+    if isinstance(exc, ModuleNotFoundError):
+        return EXIT_MISSING_DEPENDENCY, (
             "meanloc: error: this command needs the Python package '{}', which is not installed "
-            "(see README: installation extras)".format(exc.name),
-            file=sys.stderr,
-        )
-        return 4
-    except (OSError, ValueError) as exc:
-        if os.environ.get("MEANLOC_DEBUG"):
-            raise
-        print("meanloc: error: {}".format(exc), file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bug, not bad input: still one line, but say how to see more
-        if os.environ.get("MEANLOC_DEBUG"):
-            raise
-        print(
-            "meanloc: internal error: {}: {} (set MEANLOC_DEBUG=1 for the traceback)".format(
-                type(exc).__name__, exc
-            ),
-            file=sys.stderr,
-        )
-        return 70
+            "(see README: installation extras).".format(exc.name))
+    if isinstance(exc, OSError):
+        where = " ({})".format(exc.filename) if exc.filename else ""
+        return EXIT_BAD_INPUT, "meanloc: error: " + as_sentence("{}{}".format(exc.strerror or exc, where))
+    if isinstance(exc, ValueError):
+        return EXIT_BAD_INPUT, "meanloc: error: " + as_sentence(str(exc))
+    # A bug, not bad input: still one line, but say how to see more.
+    return EXIT_INTERNAL_ERROR, "meanloc: internal error: {}: {} (set MEANLOC_DEBUG=1 for the traceback).".format(
+        type(exc).__name__, " ".join(str(exc).split()))
+
+
+def as_sentence(text: str) -> str:
+    """One line that ends like a sentence: whitespace runs (newlines too) collapse to one space."""
+    text = " ".join(text.split()) or "unknown error"
+    return text if text.endswith((".", "!", "?")) else text + "."

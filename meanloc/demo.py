@@ -167,7 +167,9 @@ def _run_step(step: DemoStep, position: str, state: Dict[str, Any], state_path: 
     print("\n[{}] {}\n  $ meanloc {}".format(position, step.description,
                                               " ".join(shlex.quote(a) for a in step.argv)), flush=True)
     step_start = time.monotonic()
-    code = meanloc_main(step.argv)
+    # The demo owns its work folder: a re-run replaces a step's earlier outputs (each command keeps
+    # them until it has produced their replacement). `export engine` reuses or replaces by itself.
+    code = meanloc_main(step.argv + ([] if step.argv[:2] == ["export", "engine"] else ["--overwrite"]))
     if code != 0:
         raise MeanlocError("demo step '{}' failed (exit {}); fix the cause and re-run `meanloc demo` to "
                            "resume".format(step.name, code))

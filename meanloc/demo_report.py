@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from meanloc.runtime.artifacts import atomic_path, atomic_write_json, ensure_writable_dir
+from meanloc.runtime.artifacts import atomic_path, atomic_write_json, ensure_writable_dir, read_jsonl
 
 MAP_MAX_PX = 1600  # the cropped map is downscaled to at most this many pixels
 PAD_PX = 120
@@ -42,8 +42,7 @@ def _latency(profile_report: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
 
 
 def _read_track(path: Path) -> List[Dict[str, Any]]:
-    with open(str(path)) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return list(read_jsonl(path))  # a flight killed mid-write leaves a torn last line, which is skipped
 
 
 def plot_trajectory(ortho_path: Path, tracks: Dict[str, List[Dict[str, Any]]], out_path: Path) -> str:

@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from meanloc import __version__
 from meanloc.errors import ArtifactMismatchError, MeanlocError
@@ -62,21 +63,91 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     ensure_writable_dir(target.parent if str(target.parent) else Path("."))
-    fd, tmp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent))
+    fd, tmp_name = make_temp_file(target, ".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        # mkstemp creates 0600 files; give the artifact the permissions a plain open() would.
-        os.chmod(str(tmp), 0o666 & ~_current_umask())
-        with open(str(tmp), "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(str(tmp), str(target))
-        _fsync_dir(target.parent)
+        publish_temp_file(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def publish_temp_file(tmp: PathLike, target: PathLike) -> None:
+    """fsync a finished temporary file (`make_temp_file`) and rename it over `target`, durably."""
+    # mkstemp creates 0600 files; give the artifact the permissions a plain open() would.
+    os.chmod(str(tmp), 0o666 & ~_current_umask())
+    with open(str(tmp), "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(str(tmp), str(target))
+    _fsync_dir(Path(target).parent)
+
+
+def make_temp_file(target: PathLike, suffix: str) -> Tuple[int, str]:
+    """(fd, path) of a new hidden file next to `target`, named `.<name>.<pid>.<random><suffix>`: the
+    writer's pid in the name lets `remove_orphan_temp_files` tell a killed writer's leftovers from
+    a live writer's work in progress."""
+    target = Path(target)
+    return tempfile.mkstemp(prefix=".{}.{}.".format(target.name, os.getpid()), suffix=suffix,
+                            dir=str(target.parent if str(target.parent) else "."))
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|spool)$")
+
+
+def remove_orphan_temp_files(folder: PathLike, target_name: Optional[str] = None) -> List[Path]:
+    """Delete the temporary files (`make_temp_file`) in `folder` whose writer is no longer running on
+    this machine, e.g. a `.last.pt.<pid>.<random>.tmp` left by a kill during a checkpoint write;
+    only those of `target_name` if given. Returns what was removed."""
+    removed = []  # type: List[Path]
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _TEMP_NAME.match(path.name)
+        if not match or (target_name is not None and match.group("target") != target_name):
+            continue
+        if process_alive(int(match.group("pid"))) or not path.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (a pid we may not signal still runs)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def claim_output(path: PathLike, overwrite: bool, option: str = "--overwrite") -> Path:
+    """Refuse to replace an existing output file unless `overwrite`; create its folder and remove the
+    temporary files a killed run left of it. Commands call this before any work, so a refusal costs
+    nothing and an existing file is never touched."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MeanlocError(
+            "{} already exists; pass {} to replace it (it is replaced only once the new run has produced "
+            "its output), or choose another name".format(path, option)
+        )
+    if path.is_dir():
+        raise MeanlocError("{} is a folder; the output must be a file".format(path))
+    folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    remove_orphan_temp_files(folder, path.name)  # what a killed earlier run left of this output
+    return path
 
 
 def _current_umask() -> int:
@@ -137,6 +208,41 @@ def read_json(path: PathLike, what: str = "file") -> Dict[str, Any]:
     if not isinstance(payload, dict):
         raise MeanlocError("{} {} must hold a JSON object".format(what, path))
     return payload
+
+
+def open_jsonl(path: PathLike, append: bool) -> int:
+    """A file descriptor for a JSON Lines log written one `os.write` per record. Appending first
+    cuts a torn last line (a crash in the middle of a write), so new records start on their own line."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+    end = os.fstat(fd).st_size
+    if not append or end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return fd
+    while end > 0:  # back to the last complete line
+        start = max(0, end - (1 << 16))
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    return fd
+
+
+def read_jsonl(path: PathLike) -> Iterator[Dict[str, Any]]:
+    """The records of a JSON Lines file; a torn last line (a crash mid-write) is skipped, a bad line
+    anywhere else is an error naming the file and line."""
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    last = len(lines) - 1
+    for number, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            yield json.loads(raw.decode("utf-8"))
+        except ValueError:
+            if number == last:  # no newline after it: a write that a crash cut short
+                return
+            raise MeanlocError("{} line {} is not valid JSON".format(path, number + 1)) from None
 
 
 def new_manifest(kind: str, **fields: Any) -> Dict[str, Any]:

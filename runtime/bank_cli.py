@@ -5,8 +5,9 @@ is instant and nothing here imports torch. Python 3.8 compatible.
 """
 
 import argparse
+import contextlib
 import json
-from typing import Any, List
+from typing import Any, Dict, Iterator, List
 
 from meanloc.errors import MeanlocError
 
@@ -44,6 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=4096, help="tiles per resumable shard (default 4096)"
     )
     build.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace the bank (or unfinished build) in --out; the old bank stays usable until the "
+                       "new one is written")
+    build.add_argument("--skip-bad-images", action="store_true",
+                       help="--tiles-dir: skip (and count) damaged, truncated or unreadable tile images instead of "
+                       "refusing to build")
     build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
@@ -58,6 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     features.add_argument("bank", help="bank folder")
     features.add_argument("--orthophoto", required=True, help="the GeoTIFF the bank was built from")
     features.add_argument("--resume", action="store_true", help="continue an interrupted feature build")
+    features.add_argument("--overwrite", action="store_true", help="replace a layer extracted differently")
     features.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     _local_feature_options(features)
     features.set_defaults(handler=_features)
@@ -66,6 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     info.add_argument("bank", help="bank folder")
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     info.add_argument("--tiles-csv", metavar="FILE", help="also export the tile metadata table as CSV")
+    info.add_argument("--overwrite", action="store_true", help="replace an existing --tiles-csv file")
     info.set_defaults(handler=_info)
 
     verify = sub.add_parser("verify", help="check hashes, shapes and metadata of a bank (exit 1 on failure)")
@@ -115,20 +124,58 @@ def _parse_scales(text: str) -> List[float]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from meanloc.runtime.backends import open_backend
-
-    from .bank import build_bank_from_orthophoto, build_bank_from_tiles
-
     if args.tiles_dir and not args.tiles_csv:
         raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
     if args.orthophoto and args.tiles_csv:
         raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
+    if args.skip_bad_images and not args.tiles_dir:
+        raise MeanlocError("--skip-bad-images goes with --tiles-dir (an orthophoto is one image)")
     options = {
         "batch": args.batch,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
+        "overwrite": args.overwrite,
     }
+    from pathlib import Path
+
+    from .bank.build import SHARDS_DIR
+
+    with _bank_writer(Path(args.out), "meanloc bank build", SHARDS_DIR):
+        result = _build_locked(args, options)
+    print(
+        "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
+            result.path,
+            result.count,
+            result.candidates,
+            result.skipped_invalid,
+            result.shards_reused,
+            result.shards_built,
+        )
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _bank_writer(bank: Any, command: str, *subfolders: str) -> Iterator[None]:
+    """One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the
+    first; temporary files of a writer killed mid-write are removed first."""
+    from .artifacts import remove_orphan_temp_files
+    from .fine.layer import FEATURES_DIR
+    from .fine.layer_build import SHARDS_DIR as FEATURE_SHARDS_DIR
+    from .run_folder import folder_lock, lock_path_for
+
+    with folder_lock(lock_path_for(bank), bank, command):
+        for folder in (bank, *(bank / name for name in (*subfolders, FEATURES_DIR, FEATURE_SHARDS_DIR))):
+            remove_orphan_temp_files(folder)
+        yield
+
+
+def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+    from meanloc.runtime.backends import open_backend
+
+    from .bank import build_bank_from_orthophoto, build_bank_from_tiles
+
     local_features = None if args.no_local_features or not args.orthophoto else _layer_params(args)
     with open_backend(args.model, backend=args.backend) as backend:
         if args.orthophoto:
@@ -145,26 +192,20 @@ def _build(args: argparse.Namespace) -> int:
                 **options,
             )
         else:
-            result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out, **options)
-    print(
-        "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
-            result.path,
-            result.count,
-            result.candidates,
-            result.skipped_invalid,
-            result.shards_reused,
-            result.shards_built,
-        )
-    )
-    return 0
+            result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out,
+                                           skip_bad_images=args.skip_bad_images, **options)
+    return result
 
 
 def _features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .fine.layer_build import build_feature_layer
     from .geo.orthophoto import Orthophoto
 
-    meta = build_feature_layer(args.bank, Orthophoto.from_geotiff(args.orthophoto), _layer_params(args),
-                               resume=args.resume, progress=not args.no_progress)
+    with _bank_writer(Path(args.bank), "meanloc bank features"):
+        meta = build_feature_layer(args.bank, Orthophoto.from_geotiff(args.orthophoto), _layer_params(args),
+                                   resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     print("bank {}: local feature layer of {} {} features ({:g} m per pixel, {:g} m cells)".format(
         args.bank, meta.count, meta.spec.kind, meta.gsd_m, meta.grid.cell_m))
     return 0
@@ -174,6 +215,10 @@ def _info(args: argparse.Namespace) -> int:
     from .bank import SatelliteBank
     from .bank.store import EMBEDDINGS_FILE
 
+    if args.tiles_csv:
+        from .artifacts import claim_output
+
+        claim_output(args.tiles_csv, args.overwrite)
     bank = SatelliteBank.open(args.bank, device="cpu")
     if args.tiles_csv:
         from .artifacts import atomic_write_text

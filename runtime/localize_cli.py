@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import EXIT_INTERRUPTED, MeanlocError
 
 SOURCE_HELP = ("video file, camera index (0), rtsp://... URL, GStreamer pipeline string (contains '!', e.g. the "
                "Jetson CSI camera: \"nvarguscamerasrc ! ... ! appsink\"), image folder (sorted), or "
@@ -67,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="embedding model: .onnx (ONNX Runtime) or .engine (TensorRT)")
     parser.add_argument("--bank", required=True, help="satellite embedding bank folder (`meanloc bank build`)")
     parser.add_argument("--source", required=True, help=SOURCE_HELP)
+    parser.add_argument("--bank-check", default="auto", metavar="auto|full|fast",
+                        help="integrity check when opening the bank: every row always, file hashes for banks up to "
+                        "512 MiB (auto), always (full) or never (fast)")
     parser.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime or tensorrt")
     parser.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for ONNX Runtime")
     parser.add_argument("--search-device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -139,6 +142,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mavlink", default=None, metavar="URL",
                         help="send GPS_INPUT to an autopilot, e.g. udpout:127.0.0.1:14550 (ArduPilot: GPS1_TYPE=14)")
     parser.add_argument("--summary", default=None, metavar="FILE", help="write the run summary as JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (each only once this run has produced its replacement); "
+                        "or put {time} in a file name, which becomes the start time (UTC), e.g. flight-{time}.jsonl")
     flight = parser.add_argument_group("synthetic flights (--source synthetic:ORTHO.tif)")
     flight.add_argument("--flight-speed", type=_positive(float), default=10.0, help="ground speed (m/s)")
     flight.add_argument("--flight-altitude", type=_positive(float), default=150.0, help="altitude above ground (m)")
@@ -152,6 +158,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flight.add_argument("--prior-jump-m", type=float, default=300.0, help="size of an injected prior jump (m)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log rejected fixes and filter resets to stderr")
     parser.set_defaults(handler=run)
+
+
+def _claim_outputs(args: argparse.Namespace) -> None:
+    """Refuse existing outputs before any work (unless --overwrite); remove what a killed run left.
+    `{time}` in a name becomes the start time, so a restarted service writes new files."""
+    import time
+    from pathlib import Path
+
+    from .artifacts import claim_output
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for option in ("jsonl", "csv", "geojson", "summary"):
+        value = getattr(args, option)
+        if value and "{time}" in value:
+            setattr(args, option, value.replace("{time}", stamp))
+    outputs = [path for path in (args.jsonl, args.csv, args.geojson, args.summary) if path and path != "-"]
+    resolved = [Path(path).resolve() for path in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise MeanlocError("--jsonl, --csv, --geojson and --summary must name different files")
+    for path in outputs:
+        claim_output(path, args.overwrite)
 
 
 def _open_sinks(args: argparse.Namespace) -> List[Any]:
@@ -206,13 +233,15 @@ def _loop_config(args: argparse.Namespace) -> Any:
 def format_summary(summary: Dict[str, Any]) -> str:
     """Human-readable lines for stderr (the JSON goes to --summary)."""
     lines = [
-        "meanloc localize: {} frames processed from {} ({}); {} corrupt, {} non-finite, {} dropped for rate, "
-        "{} reconnects; fixes: {} confident ({} geometric), {} rejected, {} filter resets".format(
+        "meanloc localize: {} frames processed from {} ({}); {} corrupt, {} missing, {} non-finite, {} dropped for "
+        "rate, {} reconnects; fixes: {} confident ({} geometric), {} rejected, {} filter resets".format(
             summary["frames_processed"], summary["source"], summary["stop_reason"], summary["frames_corrupt"],
-            summary["frames_nonfinite"], summary["frames_dropped_rate"], summary["reconnects"],
-            summary["fixes_confident"], summary["fixes_geometric"], summary["fixes_rejected"],
+            summary["frames_missing"], summary["frames_nonfinite"], summary["frames_dropped_rate"],
+            summary["reconnects"], summary["fixes_confident"], summary["fixes_geometric"], summary["fixes_rejected"],
             summary["filter_reinitialisations"])
     ]
+    if summary.get("skipped_images"):
+        lines.append("meanloc localize: " + summary["skipped_images"])
     if "error_raw_fix" in summary:
         lines.append("errors vs the {}, {}:".format(summary["truth_point"], summary["distance"]))
         lines.append("| estimate | frames | median m | p90 m | <= 25 m | <= 50 m |")
@@ -267,9 +296,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    _claim_outputs(args)
     backend = open_backend(args.model, backend=args.backend, threads=args.threads)
     try:
-        bank = SatelliteBank.open(args.bank, device=args.search_device)
+        bank = SatelliteBank.open(args.bank, device=args.search_device, check=args.bank_check)
         synthetic = SyntheticFlightOptions(
             frames=args.frames or 100, speed_mps=args.flight_speed, altitude_m=args.flight_altitude,
             pitch_deg=args.flight_pitch, pattern=args.flight_pattern, seed=args.flight_seed, area_latlon=args.flight_area,
@@ -288,14 +318,16 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
     summary["model"] = args.model
     summary["bank"] = args.bank
-    if args.summary:
+    if args.summary and summary["frames_processed"]:  # a run that produced nothing replaces nothing
         atomic_write_json(args.summary, summary)
     print(format_summary(summary), file=sys.stderr)
     if summary["stop_reason"] == "interrupted":
-        return 130
+        return EXIT_INTERRUPTED
     if summary["stop_reason"].startswith("source lost"):
         raise MeanlocError(summary["stop_reason"])
     if summary["frames_processed"] == 0:
-        raise MeanlocError("no frame could be processed from {} ({} corrupt, {} non-finite embeddings)".format(
-            summary["source"], summary["frames_corrupt"], summary["frames_nonfinite"]))
+        raise MeanlocError("no frame could be processed from {} ({} corrupt, {} missing, {} non-finite embeddings)"
+                           "{}".format(summary["source"], summary["frames_corrupt"], summary["frames_missing"],
+                                       summary["frames_nonfinite"],
+                                       "; " + summary["skipped_images"] if summary.get("skipped_images") else ""))
     return 0

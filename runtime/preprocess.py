@@ -1,8 +1,8 @@
 """The one definition of image preprocessing, shared by training evaluation, calibration and
 the onboard runtime.
 
-An image enters as an OpenCV BGR uint8 array (H, W, 3), as `cv2.imread` and `cv2.VideoCapture`
-deliver it. It leaves as float32 NCHW: RGB order, resized to size x size with
+An image enters as an OpenCV BGR uint8 array (H, W, 3), as `runtime.images.read_image` and
+`cv2.VideoCapture` deliver it. It leaves as float32 NCHW: RGB order, resized to size x size with
 `cv2.INTER_LINEAR_EXACT` (bit-exact across platforms, as the MEAN reference uses), scaled to
 [0, 1], then ImageNet mean/std normalised.
 
@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +64,7 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise MeanlocError(
+        raise MissingDependencyError(
             "OpenCV is needed for preprocessing: pip install opencv-python-headless "
             "(on Jetson use JetPack's python3-opencv)"
         ) from None
@@ -106,11 +106,3 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.n
         out[index] = preprocess_bgr(image, spec)
     return out
 
-
-def read_image_bgr(path: str) -> np.ndarray:
-    """Read an image file as BGR uint8; one-line error if it is missing or undecodable."""
-    cv2 = _cv2()
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise MeanlocError("cannot read image {} (missing, unreadable or not an image)".format(path))
-    return image

@@ -9,7 +9,8 @@ from calib_support import write_folder_tree, write_university_tree
 
 from meanloc.calibration.calibset import from_dataset, from_folder
 from meanloc.errors import MeanlocError
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
 
 SPEC = PreprocessSpec(size=32)
 
@@ -33,7 +34,7 @@ def test_only_whole_batches_are_used(tmp_path):
 def test_batches_are_the_runtime_preprocessing_of_the_drawn_files(tmp_path):
     write_folder_tree(tmp_path, {"a": 4}, size=48)
     drawn = from_folder(tmp_path, SPEC, num_images=4, batch_size=2)
-    expected = preprocess_batch([read_image_bgr(str(p)) for p in drawn.paths], SPEC)
+    expected = preprocess_batch([read_image(str(p)) for p in drawn.paths], SPEC)
     np.testing.assert_array_equal(np.concatenate(list(drawn.batches())), expected)
 
 

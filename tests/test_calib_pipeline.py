@@ -17,7 +17,7 @@ from meanloc.calibration.pipeline import calibrate, open_calibration_dir
 from meanloc.calibration.qdq import quantize_for_cpu
 from meanloc.calibration.ranges import collect_ranges
 from meanloc.cli import main
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import EXIT_ARTIFACT_MISMATCH, EXIT_BAD_INPUT, ArtifactMismatchError, MeanlocError
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
 
@@ -254,7 +254,8 @@ def test_cli_bad_inputs_are_one_line_errors(calibrated, tmp_path, capsys):
         ],
     }  # fmt: skip
     for message, args in cases.items():
-        assert main(base + args) == 2, message
+        expected = EXIT_ARTIFACT_MISMATCH if message == "is not a meanloc embedder" else EXIT_BAD_INPUT
+        assert main(base + args) == expected, message
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and err.startswith("meanloc: error:"), err
     assert not (tmp_path / "o5").exists()  # refused before any work

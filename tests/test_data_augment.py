@@ -96,7 +96,7 @@ def test_pair_dataset_items_and_epochs(noisy_university):
 
 def test_corrupt_drone_is_replaced_by_same_class_pair_and_counted(noisy_university):
     split = load_train_pairs(noisy_university, "university")
-    dataset = PairDataset(split.pairs, img_size=32, augment=False)
+    dataset = PairDataset(split.pairs, img_size=32, augment=False, skip_bad_images=True)
     bad = next(i for i, p in enumerate(split.pairs) if p.drone_path.endswith("0002/image-04.jpeg"))
     first_of_class = next(
         i for i, p in enumerate(split.pairs) if p.class_index == split.pairs[bad].class_index
@@ -116,9 +116,12 @@ def test_class_without_any_readable_pair_is_one_line_error(tmp_path):
     sat = write_corrupt(tmp_path / "sat.jpg")
     drone = tmp_path / "drone.png"
     cv2.imwrite(str(drone), np.zeros((8, 8, 3), np.uint8))
-    dataset = PairDataset([Pair(str(sat), str(drone), 0)], img_size=32, augment=False)
+    dataset = PairDataset([Pair(str(sat), str(drone), 0)], img_size=32, augment=False, skip_bad_images=True)
     with pytest.raises(MeanlocError, match="none of its 1 pairs is readable"):
         dataset[0]
+    refusing = PairDataset([Pair(str(sat), str(drone), 0)], img_size=32, augment=False)
+    with pytest.raises(MeanlocError, match=r"sat\.jpg: it is a truncated"):
+        refusing[0]
 
 
 def test_pose_aware_pairs_turn_together():

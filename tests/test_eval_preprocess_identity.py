@@ -7,7 +7,8 @@ import numpy as np
 
 from meanloc.runtime.backends.base import EmbeddingBackend
 from meanloc.runtime.identity import ModelIdentity
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
 from meanloc.training.data import Pair, PairDataset
 from meanloc.training.data.augment import view_pipeline
 from meanloc.training.evaluate import extract_embeddings
@@ -33,7 +34,7 @@ def test_all_paths_give_identical_arrays(tmp_path):
     cv2.imwrite(str(path), texture)
     spec = PreprocessSpec(size=SIZE)
 
-    calibration = preprocess_batch([read_image_bgr(str(path))], spec)[0]
+    calibration = preprocess_batch([read_image(str(path))], spec)[0]
     runtime_backend = RecordingBackend()
     runtime_backend.embed_images([cv2.imread(str(path))])
     runtime = runtime_backend.seen[0][0]
@@ -84,7 +85,7 @@ def test_pose_aware_queries_are_prepared_identically_everywhere(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     spec = PreprocessSpec(size=SIZE)
 
-    runtime = preprocess_batch([prepare_query(read_image_bgr(str(path)), view, attitude, SIZE)], spec)[0]
+    runtime = preprocess_batch([prepare_query(read_image(str(path)), view, attitude, SIZE)], spec)[0]
     seen = []
     extract_embeddings(lambda b: seen.append(b.copy()) or np.ones((len(b), 4), np.float32), [str(path)], spec,
                        query_view=view)
@@ -96,4 +97,4 @@ def test_pose_aware_queries_are_prepared_identically_everywhere(tmp_path):
         assert np.array_equal(array, runtime)
     np.testing.assert_allclose(ram_drone[0].numpy(), runtime, atol=1e-5)
     # and not trivially: the frame as captured gives another array
-    assert not np.allclose(preprocess_batch([read_image_bgr(str(path))], spec)[0], runtime, atol=0.1)
+    assert not np.allclose(preprocess_batch([read_image(str(path))], spec)[0], runtime, atol=0.1)

@@ -10,7 +10,8 @@ from data_support import code_of, make_sues_raw, make_university
 from meanloc.cli import main
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.identity import ModelIdentity
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
 from meanloc.training.evaluate import evaluate_model, extract_embeddings, format_report_table, write_report
 
 # Embedding angle (degrees) per image code (see data_support): the distractor satellite 0002 (code 5)
@@ -94,7 +95,7 @@ def test_flip_tta_sums_original_and_flipped_embeddings(tmp_path):
 
     plain = extract_embeddings(left_right, paths, spec, batch_size=2)
     tta = extract_embeddings(left_right, paths, spec, batch_size=2, flip_tta=True)
-    batch = preprocess_batch([read_image_bgr(p) for p in paths], spec)
+    batch = preprocess_batch([read_image(p) for p in paths], spec)
     assert np.allclose(plain.features, left_right(batch))
     expected = l2_normalise(left_right(batch) + left_right(batch[:, :, :, ::-1]))
     assert np.allclose(tta.features, expected, atol=1e-6)

@@ -10,6 +10,7 @@ import torch
 from export_fake_tensorrt import FakeTensorRTForWiringTests
 
 from meanloc.cli import main
+from meanloc.errors import EXIT_ARTIFACT_MISMATCH, EXIT_MISSING_DEPENDENCY
 from meanloc.training.checkpoint import save_checkpoint
 from meanloc.training.model import build_model, resolve_config
 
@@ -89,7 +90,7 @@ def test_export_engine_without_tensorrt_says_how_to_install(exported, capsys, tm
     code = main(
         ["export", "engine", "--onnx", str(exported / "nano.onnx"), "--out", str(tmp_path / "m.engine")]
     )
-    assert code == 2 and "TensorRT is not installed" in _error_line(capsys)
+    assert code == EXIT_MISSING_DEPENDENCY and "TensorRT is not installed" in _error_line(capsys)
 
 
 def test_export_engine_refuses_corrupt_and_foreign_onnx(exported, capsys, tmp_path, monkeypatch):
@@ -115,7 +116,7 @@ def test_export_engine_refuses_corrupt_and_foreign_onnx(exported, capsys, tmp_pa
                 str(tmp_path / "b.engine"),
             ]
         )
-        == 2
+        == EXIT_ARTIFACT_MISMATCH  # a foreign ONNX is exit 3 in every command
     )
     assert "not a meanloc embedder" in _error_line(capsys)
     assert not list(tmp_path.glob("*.engine*"))

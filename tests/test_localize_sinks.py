@@ -1,12 +1,15 @@
-"""Sinks: JSON Lines, CSV, GeoJSON written atomically; MAVLink GPS_INPUT decoded by pymavlink."""
+"""Sinks: the JSON Lines flight log as it goes, CSV and GeoJSON atomically; MAVLink GPS_INPUT decoded by pymavlink."""
 
 import csv
 import json
+import os
 import socket
 
 import pytest
 from pymavlink.dialects.v20 import common as mavlink2
 
+from meanloc.errors import MeanlocError
+from meanloc.runtime.artifacts import open_jsonl, read_jsonl
 from meanloc.runtime.localize.loop import RECORD_FIELDS, STAGES
 from meanloc.runtime.localize.mavlink_sink import FIX_NONE, MavlinkGpsInputSink, gps_week_and_ms
 from meanloc.runtime.localize.sinks import CsvSink, GeoJsonTrackSink, JsonlSink
@@ -22,14 +25,16 @@ def _records(n):
     yield dict(dict.fromkeys(RECORD_FIELDS), frame=n, t=float(n), status="no_fix", timings_ms={})
 
 
-def test_file_sinks_appear_only_complete_at_close(tmp_path):
+def test_flight_log_streams_and_summaries_appear_only_complete_at_close(tmp_path):
     paths = {name: tmp_path / name for name in ("out.jsonl", "out.csv", "track.geojson")}
     sinks = [JsonlSink(str(paths["out.jsonl"])), CsvSink(str(paths["out.csv"]), RECORD_FIELDS, STAGES),
              GeoJsonTrackSink(str(paths["track.geojson"]))]
-    for record in _records(5):
+    for count, record in enumerate(_records(5), 1):
         for sink in sinks:
             sink.write(record)
-    assert not any(path.exists() for path in paths.values())  # still under temporary names
+        # The flight log holds every record as soon as it is written (a crash loses none of them).
+        assert len(paths["out.jsonl"].read_text().splitlines()) == count
+    assert not paths["out.csv"].exists() and not paths["track.geojson"].exists()  # still temporary
     for sink in sinks:
         sink.close()
         sink.close()  # idempotent
@@ -44,6 +49,36 @@ def test_file_sinks_appear_only_complete_at_close(tmp_path):
     assert line["geometry"]["coordinates"][3] == pytest.approx([8.0006, 47.0003])
     assert [p["properties"]["frame"] for p in points] == [0, 1, 2, 3, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(paths)  # no temp or spool files left
+
+
+def test_a_run_without_records_leaves_earlier_outputs_untouched(tmp_path):
+    paths = {name: tmp_path / name for name in ("out.jsonl", "out.csv", "track.geojson")}
+    for path in paths.values():
+        path.write_text("earlier run\n")
+    sinks = [JsonlSink(str(paths["out.jsonl"])), CsvSink(str(paths["out.csv"]), RECORD_FIELDS, STAGES),
+             GeoJsonTrackSink(str(paths["track.geojson"]))]
+    for sink in sinks:
+        sink.close()
+    assert all(path.read_text() == "earlier run\n" for path in paths.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(paths)
+
+
+def test_jsonl_reader_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"frame": 0}\n{"frame": 1}\n{"fra')
+    assert [r["frame"] for r in read_jsonl(path)] == [0, 1]
+    path.write_text('{"frame": 0}\n{"fra\n{"frame": 2}\n')
+    with pytest.raises(MeanlocError, match="line 2 is not valid JSON"):
+        list(read_jsonl(path))
+
+
+def test_appending_to_a_log_first_cuts_its_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    fd = open_jsonl(path, append=True)
+    os.write(fd, b'{"step": 3}\n')
+    os.close(fd)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
 
 
 def test_gps_time_of_a_known_instant():

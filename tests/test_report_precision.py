@@ -11,9 +11,12 @@ from calib_support import export_nano_onnx, write_university_tree
 from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.pipeline import calibrate
 from meanloc.cli import main
-from meanloc.errors import MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export.precision_report import build_precision_report
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image_bgr
+from meanloc.runtime.artifacts import new_manifest
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
+from meanloc.runtime.trt_env import ENGINE_SIDECAR_KIND
 from meanloc.training.data.splits import load_eval_split
 
 
@@ -35,7 +38,7 @@ def _fp32_recall_at_1(onnx_path, data_root):
     spec = PreprocessSpec(size=session.get_inputs()[0].shape[2])
 
     def embed(paths):
-        batch = preprocess_batch([read_image_bgr(p) for p in paths], spec)
+        batch = preprocess_batch([read_image(p) for p in paths], spec)
         return session.run(None, {"images": batch})[0]
 
     best = np.argmax(embed(split.query_paths) @ embed(split.gallery_paths).T, axis=1)
@@ -61,6 +64,10 @@ def test_engines_are_listed_as_skipped_without_tensorrt(setup, tmp_path):
     exported, data, _, _ = setup
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"plan")
+    with pytest.raises(ArtifactMismatchError, match="no sidecar manifest"):  # not a meanloc engine at all
+        build_precision_report(exported.path, data, engines=[engine], batch_size=4)
+    sidecar = new_manifest(ENGINE_SIDECAR_KIND, identity=exported.identity.to_dict(), environment={})
+    (tmp_path / "model.fp16.engine.json").write_text(json.dumps(sidecar))
     report = build_precision_report(exported.path, data, engines=[engine], batch_size=4)
     assert [row["label"] for row in report["rows"]] == ["ORT FP32"]
     assert report["skipped"] == [
@@ -132,7 +139,7 @@ def test_pose_aware_models_are_judged_on_rectified_queries(pose_aware):
 
     # R@1 recomputed with plain numpy from queries rectified as the runtime rectifies them.
     queries = embed([read_query_image(p, exported.identity.query_view, spec.size) for p in split.query_paths])
-    gallery = embed([read_image_bgr(p) for p in split.gallery_paths])
+    gallery = embed([read_image(p) for p in split.gallery_paths])
     best = np.argmax(queries @ gallery.T, axis=1)
     expected = 100.0 * np.mean(split.gallery_labels[best] == split.query_labels)
     assert report["rows"][0]["R@1"] == pytest.approx(expected)

@@ -126,7 +126,8 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tiny_dataset, tm
 
 
 def test_ram_cache_matches_the_shared_preprocessing_and_augments(tiny_dataset):
-    from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+    from meanloc.runtime.images import read_image
+    from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr
     from meanloc.training.cached_pairs import CachedPairs
     from meanloc.training.data.splits import load_train_pairs
 
@@ -135,7 +136,7 @@ def test_ram_cache_matches_the_shared_preprocessing_and_augments(tiny_dataset):
     sat, drone, labels = plain.batch([0, 3])
     spec = PreprocessSpec(size=64)
     for got, path in ((sat[0], pairs[0].sat_path), (drone[1], pairs[3].drone_path)):
-        np.testing.assert_allclose(got.numpy(), preprocess_bgr(read_image_bgr(path), spec), atol=1e-5)
+        np.testing.assert_allclose(got.numpy(), preprocess_bgr(read_image(path), spec), atol=1e-5)
     assert labels.tolist() == [pairs[0].class_index, pairs[3].class_index]
 
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ north-up queries), and per-image brightness/contrast jitter.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,21 +21,27 @@ import torch
 from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image_bgr, resize_bgr
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_bgr
 from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 
 from .data.query_images import read_query_image
 
 
-def decode_images(paths: Sequence[str], size: int, progress: bool = False, query_view: QueryView | None = None) -> torch.Tensor:
-    """(N, 3, size, size) uint8 RGB; a corrupt file is a one-line error naming it. With a
-    `query_view`, the files are drone views prepared as that view says."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+def decode_images(paths: Sequence[str], size: int, progress: bool = False, query_view: QueryView | None = None,
+                  failed: list[int] | None = None) -> torch.Tensor:
+    """(N, 3, size, size) uint8 RGB; a bad file is a one-line error naming it, or, given a `failed`
+    list, its index is appended there and its slot left black. With a `query_view`, the files are
+    drone views prepared as that view says."""
+    out = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8)
     for index, path in enumerate(tqdm(paths, desc="decoding images", disable=not progress, leave=False)):
         try:
-            image = read_image_bgr(path) if query_view is None else read_query_image(path, query_view, size)
-        except Exception as exc:  # OpenCV and the reader raise various types for bad files
-            raise MeanlocError(f"cannot read training image {path}: {exc}") from None
+            image = read_image(path) if query_view is None else read_query_image(path, query_view, size)
+        except MeanlocError:
+            if failed is None:
+                raise
+            failed.append(index)
+            continue
         rgb = np.ascontiguousarray(resize_bgr(image, size)[:, :, ::-1].transpose(2, 0, 1))
         out[index] = torch.from_numpy(rgb)
     return out
@@ -44,15 +51,18 @@ class CachedPairs:
     """pairs = [(sat_path, drone_path, class_index), ...] held as decoded uint8 tensors."""
 
     def __init__(self, pairs: Sequence[tuple[str, str, int]], size: int, augment: bool, progress: bool = False,
-                 query_view: QueryView = FRAMES_AS_CAPTURED) -> None:
+                 query_view: QueryView = FRAMES_AS_CAPTURED, skip_bad_images: bool = False) -> None:
         if not pairs:
             raise MeanlocError("no training pairs to cache")
         sat_paths = sorted({sat for sat, _, _ in pairs})
         sat_index = {path: i for i, path in enumerate(sat_paths)}
         self.satellite = decode_images(sat_paths, size, progress)  # one per class: shared by its pairs
-        self.drone = decode_images([drone for _, drone, _ in pairs], size, progress, query_view)
+        failed: list[int] | None = [] if skip_bad_images else None
+        self.drone = decode_images([drone for _, drone, _ in pairs], size, progress, query_view, failed)
         self.sat_of_pair = torch.tensor([sat_index[sat] for sat, _, _ in pairs])
         self.labels = torch.tensor([label for _, _, label in pairs])
+        if failed:
+            self._substitute(failed, [drone for _, drone, _ in pairs])
         self.augment = augment
         self.joint_rot90 = query_view.rectified
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -60,6 +70,18 @@ class CachedPairs:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def _substitute(self, failed: list[int], drone_paths: list[str]) -> None:
+        """As `PairDataset` does: a bad drone image is replaced by the first good one of its class."""
+        bad = set(failed)
+        for index in failed:
+            label = int(self.labels[index])
+            good = next((j for j in range(len(self.labels)) if int(self.labels[j]) == label and j not in bad), None)
+            if good is None:
+                raise MeanlocError(f"class {label}: none of its drone images is readable (e.g. {drone_paths[index]})")
+            self.drone[index] = self.drone[good]
+        print(f"meanloc train: {len(failed)} unreadable drone image(s) replaced by another of the same class, "
+              f"e.g. {drone_paths[failed[0]]}", file=sys.stderr)
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(satellite, drone) float32 NCHW normalised, and the class labels."""

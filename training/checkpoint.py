@@ -14,6 +14,7 @@ key/shape check. Official files carry no config: it is inferred from the tensor 
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, first_sentence
 from meanloc.runtime.artifacts import atomic_path, new_manifest, sha256_file
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
@@ -78,17 +79,22 @@ def read_weights_file(path: str | Path) -> Any:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise MeanlocError(f"{path} is not a readable safetensors file ({exc})") from None
+            raise MeanlocError(f"{path} is not a readable safetensors file ({first_sentence(exc)})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings would come before our one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise MeanlocError(
-            f"refusing to load {path}: it contains pickled Python objects, not plain tensors "
-            f"(weights_only load failed: {first_line[:160]})"
+            f"refusing to load {path}: it contains pickled Python objects{what}, not plain tensors, and meanloc "
+            "never unpickles a file; re-save only the state dict (torch.save(model.state_dict(), ...))"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise MeanlocError(f"{path} is truncated or not a PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise MeanlocError(
+            f"{path} is truncated or not a PyTorch checkpoint (torch.load says: {first_sentence(exc)})"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, preset: str | None = None, img_size: int | None = None) -> LoadedCheckpoint:
@@ -109,7 +115,7 @@ def load_checkpoint(path: str | Path, preset: str | None = None, img_size: int |
         manifest = new_manifest("checkpoint", model_config=config.to_dict(), source="official MEAN layout")
         source_format, train_state = "official-mean", None
     else:
-        raise MeanlocError(f"{path} does not hold a state dict (found {type(payload).__name__})")
+        raise ArtifactMismatchError(f"{path} does not hold a state dict (found {type(payload).__name__})")
     model = build_model(config)
     load_state_dict_strict(model, state_dict, what=f"{path} ({config.preset})")
     return LoadedCheckpoint(model, config, sha256, source_format, train_state, manifest)
@@ -150,7 +156,7 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, Any
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
     if problems:
-        raise MeanlocError(f"checkpoint does not fit the model {what}: " + "; ".join(problems))
+        raise ArtifactMismatchError(f"checkpoint does not fit the model {what}: " + "; ".join(problems))
     module.load_state_dict(dict(state_dict), strict=True)
 
 
@@ -161,11 +167,11 @@ def infer_config_from_state_dict(
     key = _BACKBONE_PREFIX + "downsample_layers.0.0.weight"
     if key not in state_dict:
         sample = ", ".join(list(state_dict)[:3])
-        raise MeanlocError(f"{source} is not a MEAN checkpoint: no '{key}' (first keys: {sample})")
+        raise ArtifactMismatchError(f"{source} is not a MEAN checkpoint: no '{key}' (first keys: {sample})")
 
     def shape(name: str) -> tuple[int, ...]:
         if name not in state_dict:
-            raise MeanlocError(f"{source} is not a complete MEAN checkpoint: missing '{name}'")
+            raise ArtifactMismatchError(f"{source} is not a complete MEAN checkpoint: missing '{name}'")
         return tuple(state_dict[name].shape)
 
     stage_blocks: dict[int, set[int]] = {}
@@ -227,14 +233,14 @@ def load_imagenet_backbone(model: MEAN, path: str | Path) -> str:
     if isinstance(payload, Mapping) and isinstance(payload.get("model"), Mapping):
         payload = payload["model"]
     if not isinstance(payload, Mapping):
-        raise MeanlocError(f"{path} does not hold a ConvNeXt state dict")
+        raise ArtifactMismatchError(f"{path} does not hold a ConvNeXt state dict")
     state_dict = _strip_module_prefix(payload)
     if any(key.startswith("stem.") for key in state_dict):
         layout, state_dict = "timm", {timm_to_fair_key(key): value for key, value in state_dict.items()}
     elif any(key.startswith("downsample_layers.") for key in state_dict):
         layout = "fair"
     else:
-        raise MeanlocError(f"{path} is neither a FAIR nor a timm ConvNeXt checkpoint (first key: {next(iter(state_dict), None)})")
+        raise ArtifactMismatchError(f"{path} is neither a FAIR nor a timm ConvNeXt checkpoint (first key: {next(iter(state_dict), None)})")
     backbone = model.model_1.convnext
     head_shape = tuple(backbone.head.weight.shape)
     if "head.weight" in state_dict and tuple(state_dict["head.weight"].shape) != head_shape:

@@ -38,6 +38,8 @@ class TrainConfig:
                                     "(synthetic data; the onboard loop then needs attitude and altitude)")
     augment: bool = _opt(True, "reference augmentations (joint flip, colour jitter, blur, dropout, satellite RandomRotate90)")
     num_workers: int = _opt(0, "DataLoader worker processes")
+    skip_bad_images: bool = _opt(False, "skip damaged, truncated or unreadable training images (counted and named) "
+                                 "instead of refusing to train")
     # --- model -----------------------------------------------------------------------------------
     preset: str = _opt("mean-paper", "model preset (mean-paper, mean-small, mean-nano)")
     img_size: int | None = _opt(None, "input side in pixels (default: the preset's)")

@@ -86,15 +86,7 @@ def _load_orthophoto(path: str, corners: list[tuple[float, float]] | None):
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from meanloc.runtime.geo.orthophoto import GeoreferenceWarning
-    from meanloc.training.data.synth.writer import (
-        preset_config,
-        synthetic_sources,
-        user_sources,
-        write_dataset,
-    )
+    from meanloc.training.data.synth.writer import preset_config
 
     if args.corners is not None and args.orthophoto is None:
         raise MeanlocError("--corners needs --orthophoto")
@@ -109,6 +101,19 @@ def _synth(args: argparse.Namespace) -> int:
         pitch_deg=tuple(args.pitch) if args.pitch else None, hfov_deg=args.hfov,
         appearance=False if args.no_appearance else None,
     )
+    from meanloc.runtime.run_folder import folder_lock, lock_path_for
+
+    # One writer per output: a second run into the same --out stops here, naming the first one's pid.
+    with folder_lock(lock_path_for(args.out, inside=False), args.out, "meanloc data synth"):
+        return _synth_locked(args, config)
+
+
+def _synth_locked(args: argparse.Namespace, config) -> int:
+    from tqdm import tqdm
+
+    from meanloc.runtime.geo.orthophoto import GeoreferenceWarning
+    from meanloc.training.data.synth.writer import synthetic_sources, user_sources, write_dataset
+
     if os.path.exists(args.out) and not args.overwrite:
         raise MeanlocError(f"{args.out} already exists; pass --overwrite to replace it")
     with warnings.catch_warnings(record=True) as caught:

@@ -4,6 +4,7 @@ torch, OpenCV and ONNX Runtime are imported inside the handler so `--help` stays
 """
 
 import argparse
+import sys
 
 from meanloc.errors import MeanlocError
 
@@ -59,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="eval_report.json", help="JSON report path; a .md table is written next to it"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report (once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(handler=run)
 
@@ -82,11 +84,16 @@ def _open_model(args: argparse.Namespace) -> tuple[object, dict, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the JSON report and its Markdown table, print the table."""
+    from pathlib import Path
+
+    from meanloc.runtime.artifacts import claim_output
     from meanloc.training.data.splits import load_eval_split
     from meanloc.training.evaluate import evaluate_model, format_report_table, write_report
 
     if args.batch_size < 1 or args.workers < 1:
         raise MeanlocError("--batch-size and --workers must be >= 1")
+    for path in (Path(args.out), Path(args.out).with_suffix(".md")):
+        claim_output(path, args.overwrite)
     # List the data before loading the model, so bad paths or names fail in a fraction of a second.
     for direction in DIRECTION_CHOICES[args.direction]:
         load_eval_split(args.data, args.dataset, direction, args.split, args.altitude)
@@ -114,4 +121,6 @@ def run(args: argparse.Namespace) -> int:
     json_path, table_path = write_report(report, args.out)
     print(format_report_table(report), end="")
     print(f"report: {json_path} (table: {table_path})")
+    if report.get("skipped_images"):
+        print(f"meanloc eval: {report['skipped_images']}", file=sys.stderr)
     return 0

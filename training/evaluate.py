@@ -21,7 +21,8 @@ from tqdm import tqdm
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, write_json_with_markdown
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+from meanloc.runtime.images import BadImages, read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr
 from meanloc.runtime.query_view import QueryView
 
 from .data.query_images import read_query_image, read_view_attitude
@@ -44,25 +45,28 @@ CONVENTIONS = {
 
 @dataclass
 class Embeddings:
-    """Embeddings of the readable images: `features[i]` belongs to `paths[kept[i]]`."""
+    """Embeddings of the readable images: `features[i]` belongs to `paths[kept[i]]`; `bad_images`
+    counts and names the files that were skipped (`unreadable`)."""
 
     features: np.ndarray
     kept: np.ndarray
     unreadable: list[str] = field(default_factory=list)
+    bad_images: BadImages = field(default_factory=BadImages)
 
 
-def _load(path: str, spec: PreprocessSpec, query_view: QueryView | None) -> np.ndarray | None:
+def _load(path: str, spec: PreprocessSpec, query_view: QueryView | None) -> np.ndarray | MeanlocError:
+    """The preprocessed image, or the one-line error that says why the file is skipped."""
     try:
-        image = read_image_bgr(path) if query_view is None else read_query_image(path, query_view, spec.size)
+        image = read_image(path) if query_view is None else read_query_image(path, query_view, spec.size)
         return preprocess_bgr(image, spec)
-    except MeanlocError:
-        return None
+    except MeanlocError as exc:
+        return exc
 
 
 def _prefetched_batches(
     paths: Sequence[str], spec: PreprocessSpec, batch_size: int, pool: ThreadPoolExecutor,
     query_view: QueryView | None = None,
-) -> Iterator[list[np.ndarray | None]]:
+) -> Iterator[list[np.ndarray | MeanlocError]]:
     """Yield preprocessed batches while the next batch is already being read."""
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
@@ -94,14 +98,18 @@ def extract_embeddings(
     features: list[np.ndarray] = []
     kept: list[int] = []
     unreadable: list[str] = []
+    bad_images = BadImages()
     offset = 0
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
         tqdm(total=len(paths), desc=progress, disable=progress is None, unit="img") as bar,
     ):
         for batch in _prefetched_batches(paths, spec, batch_size, pool, query_view):
-            good = [i for i, array in enumerate(batch) if array is not None]
-            unreadable.extend(paths[offset + i] for i, array in enumerate(batch) if array is None)
+            good = [i for i, array in enumerate(batch) if isinstance(array, np.ndarray)]
+            for i, array in enumerate(batch):
+                if isinstance(array, MeanlocError):
+                    unreadable.append(paths[offset + i])
+                    bad_images.add(array)
             if good:
                 stacked = np.stack([batch[i] for i in good])
                 embedded = np.asarray(embed_fn(stacked), dtype=np.float32)
@@ -113,8 +121,8 @@ def extract_embeddings(
             offset += len(batch)
             bar.update(len(batch))
     if not features:
-        raise MeanlocError(f"none of the {len(paths)} images could be read")
-    return Embeddings(np.concatenate(features), np.asarray(kept, dtype=np.int64), unreadable)
+        raise MeanlocError(f"none of the {len(paths)} images could be read ({bad_images.summary()})")
+    return Embeddings(np.concatenate(features), np.asarray(kept, dtype=np.int64), unreadable, bad_images)
 
 
 def evaluate_retrieval(
@@ -209,6 +217,7 @@ class _EmbeddingCache:
         self.features: dict[Any, np.ndarray] = {}
         self.bad: set[Any] = set()
         self.unreadable_paths: set[str] = set()
+        self.bad_images = BadImages()
 
     def embed(self, paths: list[str], what: str, drone: bool) -> Embeddings:
         """`drone`: the files are drone views (queries in d2s, the gallery in s2d)."""
@@ -224,10 +233,11 @@ class _EmbeddingCache:
                 query_view=self.query_view if drone else None, **self.options
             )
             self.features.update(zip((todo_keys[i] for i in fresh.kept), fresh.features))
+            self.bad_images.merge(fresh.bad_images)
             self.bad.update(key for key in todo_keys if key not in self.features)
         kept = [i for i, key in enumerate(keys) if key in self.features]
         if not kept:
-            raise MeanlocError(f"{what}: none of the {len(paths)} images could be read")
+            raise MeanlocError(f"{what}: none of the {len(paths)} images could be read ({self.bad_images.summary()})")
         unreadable = [path for path, key in zip(paths, keys) if key in self.bad]
         self.unreadable_paths.update(unreadable)
         features = np.stack([self.features[keys[i]] for i in kept])
@@ -290,6 +300,7 @@ def evaluate_model(
         preprocess=spec.to_dict(),
         model={**info, **(model_info or {})},
         unreadable_images=sorted(cache.unreadable_paths),
+        skipped_images=cache.bad_images.summary() if cache.bad_images else None,
         conventions=CONVENTIONS,
         results=results,
     )

@@ -17,6 +17,9 @@ from .config import add_config_arguments
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML file of options (keys as below, with _ or -)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a non-empty --out-dir (the previous run's checkpoints and logs are replaced once "
+                        "this run starts writing its own)")
     add_config_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -42,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
         validator = retrieval_validator(cfg) if cfg.selection == "val" else None
         return data, validator
 
-    result = run_training(config, data_factory)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line, from rank 0
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the folder; if it fails, torchrun stops us
+        run_training(config, data_factory)
         return 0
+    from meanloc.runtime.run_folder import claim_run_folder
+
+    with claim_run_folder(config.out_dir, "meanloc train", resuming=bool(config.resume), overwrite=args.overwrite):
+        result = run_training(config, data_factory)
     best = f", best (validation R@1) {result.best_checkpoint}" if result.best_checkpoint else ""
     print(f"trained {result.steps} steps ({result.images_per_second:.0f} images/s): last {result.last_checkpoint}{best}")
     return 0

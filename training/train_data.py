@@ -7,17 +7,24 @@ Two loaders over the same pairs and the same class-unique global batch order:
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import sys
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from meanloc.errors import MeanlocError
+from meanloc.runtime.images import BadImages, ImageError, probe_image, read_image
 
 from .cached_pairs import CachedPairs
 from .config import TrainConfig
 from .data.pairs import PairDataset
 from .data.query_images import dataset_query_view
 from .data.sampler import ClassUniqueBatchSampler
-from .data.splits import TrainSplit, load_train_pairs
+from .data.splits import Pair, TrainSplit, load_train_pairs
 from .trainer import Batch
 
 
@@ -37,7 +44,7 @@ class DiskPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int) -> None:
         super().__init__(split, config)
         self.dataset = PairDataset(split.pairs, img_size, augment=config.augment, seed=config.seed,
-                                   query_view=self.query_view)
+                                   query_view=self.query_view, skip_bad_images=config.skip_bad_images)
         self.num_workers = config.num_workers
         self.seed = config.seed
 
@@ -48,23 +55,73 @@ class DiskPairs(_SampledPairs):
         generator = torch.Generator().manual_seed(hash((self.seed, epoch)) % 2**63)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=torch.cuda.is_available(), generator=generator)
-        yield from loader
+        try:
+            yield from loader
+        except Exception as exc:
+            # A worker's error arrives re-raised with the worker's traceback as its message: keep our sentence.
+            found = re.findall(r"^meanloc\.[\w.]+Error: (.+)$", str(exc), flags=re.MULTILINE)
+            if "DataLoader worker" not in str(exc) or not found:
+                raise
+            raise MeanlocError(found[-1]) from None
 
 
 class RamPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int, progress: bool) -> None:
         super().__init__(split, config)
         self.cache = CachedPairs(split.pairs, img_size, augment=config.augment, progress=progress,
-                                 query_view=self.query_view)
+                                 query_view=self.query_view, skip_bad_images=config.skip_bad_images)
 
     def iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Batch]:
         for batch in batches:
             yield self.cache.batch(batch)
 
 
+def vet_training_images(split: TrainSplit, skip_bad_images: bool, progress: bool = False) -> TrainSplit:
+    """Refuse a split with bad images, or (`skip_bad_images`) drop the pairs that use them.
+
+    The satellite images were decoded by `load_train_pairs`; every drone image is probed here
+    (header and end of file, no decoding: a few small reads each), so a truncated or oversized
+    file stops the run before the first step instead of hours into it.
+    """
+    bad = BadImages()
+    for path in split.unreadable:
+        try:
+            read_image(path)
+        except ImageError as exc:
+            bad.add(exc)
+    bad_drones = set()
+    for path in tqdm(sorted({pair.drone_path for pair in split.pairs}), desc="checking images", unit="img",
+                     disable=not progress, leave=False):
+        try:
+            probe_image(path)
+        except ImageError as exc:
+            bad.add(exc)
+            bad_drones.add(path)
+    if not bad:
+        return split
+    if not skip_bad_images:
+        raise MeanlocError(f"{bad.count} training image(s) in {split.root} cannot be used, the first: {bad.examples[0]}; "
+                           "replace or remove them, or pass --skip-bad-images to train without them")
+    print(f"meanloc train: {bad.summary()}", file=sys.stderr)
+    kept = [pair for pair in split.pairs if pair.drone_path not in bad_drones]
+    used = sorted({pair.class_index for pair in kept})
+    if not used:
+        raise MeanlocError(f"no training pair of {split.root} is left without its bad images")
+    new_index = {old: new for new, old in enumerate(used)}
+    emptied = [split.class_ids[i] for i in range(len(split.class_ids)) if i not in new_index]
+    return dataclasses.replace(
+        split,
+        pairs=[Pair(p.sat_path, p.drone_path, new_index[p.class_index]) for p in kept],
+        class_ids=[split.class_ids[i] for i in used],
+        one_view_classes={**split.one_view_classes,
+                          "satellite_only": sorted(split.one_view_classes.get("satellite_only", []) + emptied)},
+    )
+
+
 def load_train_data(config: TrainConfig, img_size: int, progress: bool = False) -> DiskPairs | RamPairs:
     # 'synthetic' reads the University-1652 layout the generator writes.
     split = load_train_pairs(config.data_root, config.dataset, config.altitude)
+    split = vet_training_images(split, config.skip_bad_images, progress)
     if config.cache_images:
         return RamPairs(split, config, img_size, progress)
     return DiskPairs(split, config, img_size)

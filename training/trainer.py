@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ensure_writable_dir, open_jsonl
 from meanloc.runtime.query_view import QueryView
 
 from .checkpoint import load_checkpoint, load_imagenet_backbone, save_checkpoint
@@ -171,6 +172,11 @@ class TrainStep(nn.Module):
 # --- logging --------------------------------------------------------------------------------------
 
 
+# What a fresh run in a reused --out-dir (`meanloc train --overwrite`) removes as it starts writing,
+# because it would not replace them itself: the earlier run's best checkpoint and TensorBoard events.
+EARLIER_RUN_LEFTOVERS = ("best.pt", "tensorboard")
+
+
 class MetricsLog:
     """metrics.jsonl (one whole line per os.write, so a kill leaves no torn line) + optional TensorBoard.
 
@@ -182,7 +188,7 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_TRUNC), 0o644)
+        self.fd = open_jsonl(path, append=resume)  # a resumed run first drops a line torn by the crash
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -385,6 +391,13 @@ class Trainer:
         """Train to the end of the schedule (or budget); `until_step` pauses earlier, checkpointed and
         resumable, without changing the schedule (a pre-empted job)."""
         config, ctx = self.config, self.ctx
+        if ctx.is_main and not config.resume:
+            for name in EARLIER_RUN_LEFTOVERS:
+                leftover = self.out_dir / name
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink(missing_ok=True)
         log = MetricsLog(self.out_dir / "metrics.jsonl", config.tensorboard, resume=bool(config.resume), enabled=ctx.is_main)
         if ctx.is_main:
             atomic_write_text(self.out_dir / "train_config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -498,6 +511,10 @@ def run_training(config: TrainConfig, data_factory: Callable[[TrainConfig, DistC
     try:
         if config.batch_size % ctx.world_size:
             raise MeanlocError(f"batch size {config.batch_size} must be divisible by the {ctx.world_size} processes")
+        if config.batch_size // ctx.world_size < 2:  # BatchNorm in training mode needs two samples per process
+            raise MeanlocError(f"batch size {config.batch_size} leaves {config.batch_size // ctx.world_size} pair per "
+                               "process; MEAN's BatchNorm layers and the contrastive loss need at least 2 (use "
+                               f"--batch-size {2 * ctx.world_size} or more)")
         data, validator = data_factory(config, ctx)
         return Trainer(config, data, validator, ctx).fit()
     finally:

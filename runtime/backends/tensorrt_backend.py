@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 
 from ..artifacts import sha256_file
 from ..cuda_memory import CudaMemory, open_cuda_memory
@@ -55,7 +55,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError:
-        raise MeanlocError("the tensorrt backend needs TensorRT's Python bindings: " + TENSORRT_INSTALL_HINT) from None
+        raise MissingDependencyError("the tensorrt backend needs TensorRT's Python bindings: " + TENSORRT_INSTALL_HINT) from None
     return tensorrt
 
 
@@ -73,7 +73,6 @@ class TensorRTBackend(EmbeddingBackend):
     ) -> None:
         self.path = str(path)
         self._memory = None  # type: Optional[CudaMemory]
-        trt = import_tensorrt()
         try:
             with open(self.path, "rb") as handle:
                 plan = handle.read()
@@ -92,6 +91,8 @@ class TensorRTBackend(EmbeddingBackend):
         check_engine_sidecar(self.sidecar, engine_environment(probe_dla=uses_dla))
         self.identity = _identity_from_sidecar(self.sidecar, engine_sha256, self.path)
 
+        # TensorRT only now: a file that is no meanloc engine is refused the same way on every machine.
+        trt = import_tensorrt()
         self._memory = memory if memory is not None else open_cuda_memory()
         try:
             self._load(trt, plan, max_batch, warmup_runs)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from .base import EmbeddingBackend, l2_normalise
 
@@ -29,7 +29,7 @@ class TorchBackend(EmbeddingBackend):
 
             from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
         except ImportError as exc:
-            raise MeanlocError(
+            raise MissingDependencyError(
                 "the torch backend needs PyTorch and meanloc's training extra ({}): pip install 'meanloc[train]'".format(exc)
             ) from None
         self.path = str(path)

@@ -14,7 +14,14 @@ from meanloc.errors import MeanlocError
 from ..fine.layer import FeatureLayer, has_layer
 from ..identity import ModelIdentity
 from .search import DEFAULT_BLOCK_ROWS, ExactSearcher, FaissSearcher
-from .store import manifest_frame, manifest_identity, open_embeddings, open_tiles, read_manifest
+from .store import (
+    check_bank_integrity,
+    manifest_frame,
+    manifest_identity,
+    open_embeddings,
+    open_tiles,
+    read_manifest,
+)
 from .tiles import TileTable
 
 # Banks up to this float32 size (1 GiB: ~350k tiles at 768-d) are kept in RAM as float32 by default.
@@ -85,6 +92,7 @@ class SatelliteBank:
         faiss_factory: str = "SQfp16",
         block_rows: int = DEFAULT_BLOCK_ROWS,
         float32_in_memory: Optional[bool] = None,
+        check: str = "auto",
     ) -> "SatelliteBank":
         """Open a bank; with `expected_identity` (the model's) refuse a bank from other weights,
         dimension or preprocessing (ArtifactMismatchError).
@@ -94,6 +102,10 @@ class SatelliteBank:
         the bank size in RAM for faster global CPU searches (see `ExactSearcher`); None (default)
         turns it on for banks whose float32 copy fits in FLOAT32_AUTO_LIMIT_BYTES, because per-query
         float16 -> float32 conversion dominates a single-frame search (bench/bench_bank_search.py).
+
+        A damaged bank is refused in one line (`store.check_bank_integrity`): every row must be finite
+        and unit length, and with `check` "auto" (small banks) or "full" the files must match their
+        manifest's sha256; "fast" skips the hashes.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -101,6 +113,7 @@ class SatelliteBank:
         if expected_identity is not None:
             expected_identity.check_compatible(identity, "bank {} vs model".format(directory))
         embeddings = open_embeddings(directory, manifest)
+        check_bank_integrity(directory, manifest, embeddings, check)
         if float32_in_memory is None:
             float32_in_memory = embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_AUTO_LIMIT_BYTES
         tiles = TileTable(open_tiles(directory, manifest), manifest["sources"], manifest_frame(manifest))

@@ -53,9 +53,11 @@ def build_bank(
     shard_size: int = DEFAULT_SHARD_SIZE,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildResult:
     """Embed every tile of `source` (a tile source from `tiling.py`) with `backend` (an
-    `EmbeddingBackend`) and write a bank to `out_dir`."""
+    `EmbeddingBackend`) and write a bank to `out_dir`. `overwrite` replaces a bank or unfinished
+    build already there (the old bank stays usable until the new one is written)."""
     if batch < 1 or shard_size < 1:
         raise MeanlocError("--batch and the shard size must be >= 1")
     out_dir = ensure_writable_dir(out_dir)
@@ -65,9 +67,11 @@ def build_bank(
         "shard_size": int(shard_size),
     }
     plan_sha = sha256_bytes(json.dumps(plan, sort_keys=True).encode("utf-8"))
-    finished = _finished_bank(out_dir, plan_sha, resume)
+    finished = None if overwrite else _finished_bank(out_dir, plan_sha, resume)
     if finished is not None:
         return finished
+    if overwrite and not resume and (out_dir / SHARDS_DIR).exists():
+        shutil.rmtree(str(out_dir / SHARDS_DIR))
     shard_dir = _prepare_shards(out_dir, plan, plan_sha, resume)
     n_shards = (len(source) + shard_size - 1) // shard_size
     reused = 0
@@ -109,7 +113,7 @@ def _finished_bank(out_dir: Path, plan_sha: str, resume: bool) -> Optional[Build
             out_dir, int(manifest["count"]), int(build["candidates"]), int(build["skipped_invalid"]), 0, 0
         )
     raise MeanlocError(
-        "{} already holds a bank{}; choose another --out (or delete it)".format(
+        "{} already holds a bank{}; choose another --out, or pass --overwrite to replace it".format(
             out_dir, " built from a different source/model/parameters" if resume else ""
         )
     )
@@ -121,9 +125,8 @@ def _prepare_shards(out_dir: Path, plan: Dict[str, Any], plan_sha: str, resume: 
     if plan_path.exists():
         if not resume:
             raise MeanlocError(
-                "{} holds an unfinished build; pass --resume to continue it, or choose another --out".format(
-                    out_dir
-                )
+                "{} holds an unfinished build; pass --resume to continue it, --overwrite to start over, or "
+                "choose another --out".format(out_dir)
             )
         if read_json(plan_path, "build plan").get("plan_sha256") != plan_sha:
             raise MeanlocError(
@@ -262,12 +265,20 @@ def build_bank_from_orthophoto(
         from ..fine.layer_build import build_feature_layer
 
         build_feature_layer(Path(out_dir), ortho, local_features, resume=build_options.get("resume", False),
-                            progress=build_options.get("progress", True))
+                            progress=build_options.get("progress", True),
+                            overwrite=build_options.get("overwrite", False))
     return result
 
 
 def build_bank_from_tiles(
-    tiles_dir: Path, tiles_list: Path, backend: Any, out_dir: Path, **build_options: Any
+    tiles_dir: Path, tiles_list: Path, backend: Any, out_dir: Path, skip_bad_images: bool = False,
+    **build_options: Any
 ) -> BuildResult:
     """Build from tile images listed with their centres and corners in a CSV/JSON file."""
-    return build_bank(FileTileSource(tiles_dir, tiles_list), backend, out_dir, **build_options)
+    source = FileTileSource(tiles_dir, tiles_list, skip_bad_images)
+    result = build_bank(source, backend, out_dir, **build_options)
+    if source.bad_images:
+        import sys
+
+        print("meanloc bank build: " + source.bad_images.summary(), file=sys.stderr)
+    return result

@@ -16,6 +16,7 @@ from ..fine.layer_build import merge_feature_layers, unmergeable_reason
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
+    check_bank_integrity,
     manifest_identity,
     open_embeddings,
     open_tiles,
@@ -72,6 +73,8 @@ def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
     unmergeable = unmergeable_reason(manifests)
     build["local_features"] = "merged" if unmergeable is None else unmergeable
     embeddings = [open_embeddings(d, m) for d, m in zip(bank_dirs, manifests)]
+    for directory, manifest, array in zip(bank_dirs, manifests, embeddings):
+        check_bank_integrity(directory, manifest, array)  # never copy damage into a new bank
     manifest = write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
     if unmergeable is None:
         merge_feature_layers(bank_dirs, manifests, out_dir)

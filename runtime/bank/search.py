@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 DEFAULT_BLOCK_ROWS = 16384
 # Index returned in slots that had no candidate (k larger than the searched rows).
@@ -231,7 +231,7 @@ class FaissSearcher:
         try:
             import faiss
         except ImportError:
-            raise MeanlocError(
+            raise MissingDependencyError(
                 "the faiss search engine needs FAISS: pip install faiss-cpu (or faiss-gpu)"
             ) from None
         self.dim = int(embeddings.shape[1])

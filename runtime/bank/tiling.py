@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from ..artifacts import sha256_file
 from .frame import LocalFrame
@@ -130,11 +130,19 @@ def _set_geo(tile: TileRow, lat: np.ndarray, lon: np.ndarray) -> None:
 
 
 class FileTileSource:
-    """Tile images from a folder, georeferenced by a CSV or JSON list (format in the module doc)."""
+    """Tile images from a folder, georeferenced by a CSV or JSON list (format in the module doc).
 
-    def __init__(self, tiles_dir: Path, list_path: Path) -> None:
+    A bad tile image (damaged, truncated, too large or small, not an image) is refused, by the
+    up-front probe of every file or when it is decoded; with `skip_bad_images` it is skipped like a
+    tile without valid data and counted in `bad_images`."""
+
+    def __init__(self, tiles_dir: Path, list_path: Path, skip_bad_images: bool = False) -> None:
+        from ..images import BadImages, ImageError, probe_image
+
         self.tiles_dir = Path(tiles_dir)
         self.list_path = Path(list_path)
+        self.skip_bad_images = skip_bad_images
+        self.bad_images = BadImages()
         if not self.tiles_dir.is_dir():
             raise MeanlocError("tiles folder not found: {}".format(self.tiles_dir))
         self.entries = _read_tile_list(self.list_path)
@@ -145,6 +153,13 @@ class FileTileSource:
                     len(missing), self.list_path, self.tiles_dir / missing[0]
                 )
             )
+        if not skip_bad_images:  # minutes of embedding must not end at a truncated tile
+            for entry in self.entries:
+                try:
+                    probe_image(self.tiles_dir / entry["path"])
+                except ImageError as exc:
+                    raise MeanlocError("{}; pass --skip-bad-images to build without such tiles".format(
+                        str(exc).rstrip("."))) from None
         self.params = {
             "type": "tiles",
             "list": self.list_path.name,
@@ -158,11 +173,18 @@ class FileTileSource:
         return dict(self.params, candidates=len(self))
 
     def load(self, index: int) -> Optional[Tuple[np.ndarray, TileRow]]:
-        from ..preprocess import read_image_bgr
+        from ..images import ImageError, read_image
 
         entry = self.entries[index]
         path = self.tiles_dir / entry["path"]
-        image = read_image_bgr(str(path))
+        try:
+            image = read_image(path)
+        except ImageError as exc:
+            if not self.skip_bad_images:
+                raise MeanlocError("{}; pass --skip-bad-images to build without such tiles".format(
+                    str(exc).rstrip("."))) from None
+            self.bad_images.add(exc)
+            return None
         lat = np.array([entry["center_lat"]] + [entry[c + "_lat"] for c in CORNER_NAMES])
         lon = np.array([entry["center_lon"]] + [entry[c + "_lon"] for c in CORNER_NAMES])
         tile = {
@@ -212,7 +234,7 @@ def _from_wgs84(crs: str) -> Any:
     try:
         import pyproj
     except ImportError:
-        raise MeanlocError("building a bank from tile files needs pyproj: pip install pyproj") from None
+        raise MissingDependencyError("building a bank from tile files needs pyproj: pip install pyproj") from None
     return pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
 
 

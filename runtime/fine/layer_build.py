@@ -71,9 +71,10 @@ class LayerParams:
 
 
 def build_feature_layer(bank_dir: Path, ortho: Orthophoto, params: LayerParams, resume: bool = False,
-                        progress: bool = True) -> LayerMeta:
+                        progress: bool = True, overwrite: bool = False) -> LayerMeta:
     """Extract the layer for the bank in `bank_dir` (built from `ortho`) and register it in its
-    manifest. A layer built with the same plan is reused; a different one needs a fresh bank."""
+    manifest. A layer built with the same plan is reused; `overwrite` replaces a different one
+    (or an unfinished build of one)."""
     params.validate()
     bank_dir = Path(bank_dir)
     manifest = read_manifest(bank_dir)
@@ -88,11 +89,13 @@ def build_feature_layer(bank_dir: Path, ortho: Orthophoto, params: LayerParams, 
             "block_cells": params.block_cells, "grid": grid.to_dict(), "source": list(source),
             "local_frame": frame.to_dict()}
     plan_sha = sha256_bytes(json.dumps(plan, sort_keys=True).encode("utf-8"))
-    if has_layer(manifest):
-        if manifest[MANIFEST_KEY].get("plan_sha256") == plan_sha:
-            return LayerMeta.from_manifest(manifest, str(bank_dir / MANIFEST_FILE))
-        raise MeanlocError("{} already has a local feature layer built differently; remove {}/ and its manifest "
-                           "entry by rebuilding the bank, or keep it".format(bank_dir, FEATURES_DIR))
+    if has_layer(manifest) and manifest[MANIFEST_KEY].get("plan_sha256") == plan_sha:
+        return LayerMeta.from_manifest(manifest, str(bank_dir / MANIFEST_FILE))
+    if has_layer(manifest) and not overwrite:
+        raise MeanlocError("{} already has a local feature layer built differently; pass --overwrite to replace "
+                           "it".format(bank_dir))
+    if overwrite and not resume and (bank_dir / SHARDS_DIR).exists():
+        shutil.rmtree(str(bank_dir / SHARDS_DIR))
     shard_dir = _prepare_shards(bank_dir, plan, plan_sha, resume)
     extractor = make_extractor(params.spec)
     block_rows = (grid.ny + params.block_cells - 1) // params.block_cells

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from meanloc.runtime.geo.orthophoto import require_cv2
+from meanloc.runtime.images import decode_image
 
 # Ranges of §5.6 (multiplicative gains as factors, biases in digital numbers).
 CHANNEL_GAIN = 0.15
@@ -147,4 +148,4 @@ def _jpeg(img: np.ndarray, rng: np.random.Generator, params: Dict[str, Any]) -> 
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
     params["jpeg_quality"] = quality
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+    return decode_image(buf.tobytes(), "JPEG round trip", min_side=1) if ok else img

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 # Corners are always listed clockwise from the top-left: TL, TR, BR, BL.
 CORNER_NAMES = ("top_left", "top_right", "bottom_right", "bottom_left")
@@ -35,7 +35,7 @@ def require_module(module: str, extra: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise MeanlocError("{} is not installed; run `pip install meanloc[{}]`".format(module, extra)) from None
+        raise MissingDependencyError("{} is not installed; run `pip install meanloc[{}]`".format(module, extra)) from None
 
 
 def require_cv2() -> Any:
@@ -314,13 +314,13 @@ class Orthophoto:
         them and checks the fourth (warning above ~1 px, error when the image is clearly not an
         orthophoto). Alpha (PNG) marks validity; otherwise pure-black pixels are no-data.
         """
+        from meanloc.runtime.images import read_image
+
         cv2 = require_cv2()
         path = Path(path)
         if not path.is_file():
             raise MeanlocError("orthophoto image not found: {}".format(path))
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None or raw.size == 0:
-            raise MeanlocError("cannot decode image {}".format(path))
+        raw = read_image(path, unchanged=True)
         if raw.dtype != np.uint8:
             raw = _stretch_to_uint8(raw, np.ones(raw.shape[:2], dtype=bool))
         if raw.ndim == 2:

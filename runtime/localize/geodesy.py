@@ -7,7 +7,7 @@ onboard loop itself runs without it. Python 3.8 compatible.
 
 from typing import Any, Optional
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MissingDependencyError
 
 DISTANCE_METHOD = "geodesic on WGS84 (pyproj.Geod)"
 
@@ -20,7 +20,7 @@ def geodesic_distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> f
         try:
             import pyproj
         except ImportError:
-            raise MeanlocError("error metrics against the truth need pyproj: pip install pyproj") from None
+            raise MissingDependencyError("error metrics against the truth need pyproj: pip install pyproj") from None
         _GEOD = pyproj.Geod(ellps="WGS84")
     _, _, distance = _GEOD.inv(lon1, lat1, lon2, lat2)
     return float(distance)

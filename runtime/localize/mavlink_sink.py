@@ -21,7 +21,7 @@ Python 3.8 compatible; pymavlink is imported only when this sink is used.
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from .sinks import Sink
 
@@ -46,7 +46,7 @@ def _pymavlink_util():  # type: ignore[no-untyped-def]
     try:
         from pymavlink import mavutil
     except ImportError:
-        raise MeanlocError("the MAVLink sink needs pymavlink: pip install pymavlink") from None
+        raise MissingDependencyError("the MAVLink sink needs pymavlink: pip install pymavlink") from None
     return mavutil
 
 

@@ -16,20 +16,31 @@ and a live source that stops delivering is reopened with exponential backoff (a 
 attempts per outage), so a loose cable does not end a flight. Python 3.8 compatible.
 """
 
+import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
+
+from ..images import (
+    IMAGE_SUFFIXES,
+    MIN_IMAGE_SIDE,
+    BadImages,
+    ImageError,
+    ImageMissingError,
+    is_image_name,
+    read_image,
+)
 
 if TYPE_CHECKING:  # the synthetic source pulls in the geo stack: import it only when used
     from .synthetic import SyntheticFlightOptions
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LOG = logging.getLogger("meanloc.localize")
 LIVE_URL_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -50,11 +61,15 @@ class Frame:
 @dataclass
 class SourceStats:
     frames: int = 0
-    corrupt: int = 0
+    corrupt: int = 0  # frames that could not be decoded or were damaged
+    missing: int = 0  # image files that disappeared before they were read
     reconnects: int = 0
+    bad_images: BadImages = field(default_factory=BadImages)  # the skipped image files, by reason
 
     def to_dict(self) -> dict:
-        return {"frames_read": self.frames, "frames_corrupt": self.corrupt, "reconnects": self.reconnects}
+        return {"frames_read": self.frames, "frames_corrupt": self.corrupt, "frames_missing": self.missing,
+                "reconnects": self.reconnects,
+                "skipped_images": self.bad_images.summary() if self.bad_images else None}
 
 
 class SourceLostError(MeanlocError):
@@ -85,7 +100,7 @@ def as_bgr_frame(image: Any) -> Optional[np.ndarray]:
         import cv2
 
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 8:
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < MIN_IMAGE_SIDE:
         return None
     if image.shape[2] == 4:
         import cv2
@@ -203,25 +218,29 @@ class CaptureSource(FrameSource):
 
 
 class ImageFolderSource(FrameSource):
-    """Images of a folder in sorted file-name order, `period_s` apart; unreadable files are skipped."""
+    """Images of a folder in sorted file-name order, `period_s` apart. A bad file (damaged, too big,
+    too small, not an image) is skipped and counted as corrupt, a file deleted since the folder was
+    listed as missing; `stats.bad_images` names the first few for the end-of-run line."""
 
     def __init__(self, folder: str, period_s: float = 1.0) -> None:
         super().__init__()
         self.description = "image folder {}".format(folder)
-        self.paths: List[str] = sorted(
-            str(p) for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        self.paths: List[str] = sorted(str(p) for p in Path(folder).iterdir() if p.is_file() and is_image_name(p))
         if not self.paths:
-            raise MeanlocError("image folder {} holds no images ({})".format(folder, ", ".join(IMAGE_EXTENSIONS)))
+            raise MeanlocError("image folder {} holds no images ({})".format(folder, ", ".join(IMAGE_SUFFIXES)))
         self.period_s = period_s
 
     def __iter__(self) -> Iterator[Frame]:
-        import cv2
-
         for index, path in enumerate(self.paths):
-            frame = as_bgr_frame(cv2.imread(path, cv2.IMREAD_COLOR))
-            if frame is None:
-                self.stats.corrupt += 1
+            try:
+                frame = read_image(path)
+            except ImageError as exc:
+                self.stats.bad_images.add(exc)
+                if isinstance(exc, ImageMissingError):
+                    self.stats.missing += 1
+                else:
+                    self.stats.corrupt += 1
+                LOG.warning("skipped frame %d: %s", index, exc)
                 continue
             self.stats.frames += 1
             yield Frame(index, index * self.period_s, frame)
@@ -251,7 +270,7 @@ def open_source(spec: str, synthetic: Optional["SyntheticFlightOptions"] = None,
     try:
         import cv2
     except ImportError:
-        raise MeanlocError("reading frames needs OpenCV (pip install opencv-python-headless; on Jetson use "
+        raise MissingDependencyError("reading frames needs OpenCV (pip install opencv-python-headless; on Jetson use "
                            "JetPack's python3-opencv, which has GStreamer)") from None
     if spec.startswith("synthetic:"):
         from .synthetic import SyntheticFlightOptions, SyntheticFlightSource

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from .sources import Frame, FrameSource
 
@@ -176,7 +176,7 @@ class MavlinkListener:
         try:
             from pymavlink import mavutil
         except ImportError:
-            raise MeanlocError("--telemetry needs pymavlink: pip install pymavlink") from None
+            raise MissingDependencyError("--telemetry needs pymavlink: pip install pymavlink") from None
         if not url.startswith(("udpin:", "udp:", "udpout:", "tcp:", "tcpin:", "serial:", "/dev/")):
             raise MeanlocError("--telemetry expects a pymavlink connection string such as udpin:0.0.0.0:14551 or "
                                "/dev/ttyTHS1,921600, got {!r}".format(url))

@@ -1,6 +1,7 @@
 """`meanloc profile`: latency of any backend or engine, per stage, with Jetson telemetry."""
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -22,7 +23,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="time each batch size for this many seconds instead of a fixed iteration count")
     parser.add_argument("--min-iterations", type=int, default=50,
                         help="refuse reports with fewer timed iterations (default 50)")
-    parser.add_argument("--bank", default=None, help="satellite bank folder for the search stage")
+    parser.add_argument("--bank", default=None, help="satellite bank folder for the search stage (must belong to "
+                        "every profiled model, as in `meanloc localize`)")
+    parser.add_argument("--bank-check", default="auto", metavar="auto|full|fast",
+                        help="integrity check when opening --bank: rows always, file hashes for banks up to 512 MiB "
+                        "(auto), always (full) or never (fast)")
     parser.add_argument("--bank-size", type=int, default=10000,
                         help="without --bank: size of a random in-memory bank for the search stage (0 = skip)")
     parser.add_argument("--topk", type=int, default=5, help="top-k of the search stage (default 5)")
@@ -30,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="auto: time the fine stage (detect, match, fit) when --bank has local features")
     parser.add_argument("--no-telemetry", action="store_true", help="do not sample tegrastats/jtop")
     parser.add_argument("--out", default="profile-report", help="output folder for JSON, Markdown and PNG plots")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the report already in --out (once the new one is complete)")
     parser.set_defaults(handler=run)
 
 
@@ -56,16 +63,18 @@ def run(args: argparse.Namespace) -> int:
 
     from meanloc.errors import MeanlocError
 
+    from ..artifacts import claim_output
     from ..backends import open_backend
     from ..bank.search import ExactSearcher
     from ..localize.kalman import ConstantVelocityKalman
     from .profiler import ProfileTarget, profile
-    from .report import markdown_table, write_report
+    from .report import REPORT_JSON, markdown_table, write_report
     from .tegrastats import JtopSampler, TegrastatsSampler, energy_per_inference_mj, read_power_mode
 
     paths = list(args.model) + list(args.engine)
     if not paths:
         raise MeanlocError("nothing to profile: pass --model PATH (or --engine X.engine)")
+    claim_output(os.path.join(args.out, REPORT_JSON), args.overwrite)
     try:
         batch_sizes = [int(b) for b in args.batch.split(",") if b.strip()]
     except ValueError:
@@ -87,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.bank:
         from ..bank import SatelliteBank
 
-        bank = SatelliteBank.open(args.bank)
+        bank = SatelliteBank.open(args.bank, check=args.bank_check)
+        for path, target in zip(paths, targets):  # latency of a pair that could never fly together means nothing
+            bank.identity.check_compatible(target.backend.identity, "bank {} vs model {}".format(args.bank, path))
         search = lambda q: bank.search(q, args.topk)  # noqa: E731
         if args.refine == "auto" and bank.features is not None:
             refine = _fine_stage_timer(bank.features)

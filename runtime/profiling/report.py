@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 from ..artifacts import atomic_path, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .profiler import STAGES as PLOTTED_STAGES
 
+REPORT_JSON = "report.json"
 
 def markdown_table(report: Dict[str, Any]) -> str:
     lines = [
@@ -41,8 +42,8 @@ def markdown_table(report: Dict[str, Any]) -> str:
 def write_report(report: Dict[str, Any], out_dir: str) -> List[str]:
     """Write report.json, report.md and (with matplotlib) latency.png and stages.png."""
     folder = ensure_writable_dir(out_dir)
-    written = [str(folder / "report.json"), str(folder / "report.md")]
-    atomic_write_json(folder / "report.json", report)
+    written = [str(folder / REPORT_JSON), str(folder / "report.md")]
+    atomic_write_json(folder / REPORT_JSON, report)
     atomic_write_text(folder / "report.md", markdown_table(report))
     try:
         import matplotlib

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meanloc.errors import MeanlocError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+from meanloc.runtime.images import is_image_name
 
 
 @dataclass
@@ -41,7 +40,7 @@ def require_folder(folder: Path, what: str) -> Path:
 
 def is_image_file(path: Path) -> bool:
     """A visible regular file with an image suffix (case-insensitive)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    return path.is_file() and is_image_name(path)
 
 
 def list_view(folder: Path, what: str) -> ViewListing:

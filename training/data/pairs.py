@@ -1,10 +1,10 @@
 """`PairDataset`: MEAN training pairs as tensors (satellite, drone, class index).
 
-Unreadable images are found when they are read, not up front (decoding 37,854 drone images
-before training would take minutes; satellite images are checked at load time, see splits.py).
-An unreadable image is replaced, deterministically, by the next pair of the SAME class (in
-pair-list order, wrapping around), so the label and the class-unique batch stay valid; the
-event is logged once per file and counted in `unreadable_count` (shared across DataLoader
+Images are probed up front (`train_data.vet_training_images`: header and end of file), so what
+fails here is damage inside a file. By default that stops training with the file's name; with
+`skip_bad_images` an unreadable image is replaced, deterministically, by the next pair of the SAME
+class (in pair-list order, wrapping around), so the label and the class-unique batch stay valid;
+the event is logged once per file and counted in `unreadable_count` (shared across DataLoader
 worker processes). A class with no readable pair at all is a one-line MeanlocError.
 
 Call `set_epoch(epoch)` before each epoch (with `persistent_workers=False`, the default, workers
@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr, read_image_bgr
+from meanloc.runtime.images import read_image
+from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr
 from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 
 from .augment import PairAugment
@@ -46,9 +47,11 @@ class PairDataset(Dataset):
         seed: int = 1,
         return_rot90: bool = False,
         query_view: QueryView = FRAMES_AS_CAPTURED,
+        skip_bad_images: bool = False,
     ) -> None:
         if not pairs:
             raise MeanlocError("no training pairs")
+        self.skip_bad_images = skip_bad_images
         self.pairs = list(pairs)
         self.spec = PreprocessSpec(size=img_size)
         self.query_view = query_view
@@ -104,8 +107,10 @@ class PairDataset(Dataset):
 
     def _read(self, path: str, query: bool = False) -> np.ndarray | None:
         try:
-            return read_query_image(path, self.query_view, self.spec.size) if query else read_image_bgr(path)
+            return read_query_image(path, self.query_view, self.spec.size) if query else read_image(path)
         except MeanlocError:
+            if not self.skip_bad_images:
+                raise
             with self._unreadable.get_lock():
                 self._unreadable.value += 1
             if path not in self._logged:

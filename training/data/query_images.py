@@ -13,7 +13,7 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.geo.rectify import CameraAttitude
-from meanloc.runtime.preprocess import read_image_bgr
+from meanloc.runtime.images import read_image
 from meanloc.runtime.query_view import QueryView, prepare_query
 
 
@@ -32,7 +32,7 @@ def read_view_attitude(image_path: str | Path) -> CameraAttitude:
 
 def read_query_image(path: str | Path, view: QueryView, size_px: int) -> np.ndarray:
     """BGR uint8 query image of one drone view file, prepared as `view` says."""
-    image = read_image_bgr(str(path))
+    image = read_image(path)
     attitude = read_view_attitude(path) if view.rectified else None
     return prepare_query(image, view, attitude, size_px)
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from meanloc.errors import MeanlocError
+from meanloc.runtime.images import ImageError, read_image
 
 from .listing import ViewListing
 from .sues200 import check_altitude, sues_eval_views, sues_train_views
@@ -138,10 +139,12 @@ def _altitude_for(dataset: str, altitude: int | str | None) -> int | None:
 
 
 def default_image_check(path: Path) -> bool:
-    """True if OpenCV can decode the image (at reduced size: this only tests readability)."""
-    import cv2
-
-    return cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_4) is not None
+    """True if the image passes meanloc's image reader (`meanloc.runtime.images`)."""
+    try:
+        read_image(path)
+    except ImageError:
+        return False
+    return True
 
 
 def load_train_pairs(

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_manifest
+from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_manifest, process_alive
 from meanloc.runtime.geo.camera import CameraIntrinsics
 from meanloc.runtime.geo.orthophoto import CORNER_NAMES, Orthophoto
 
@@ -364,6 +364,10 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # left over from an interrupted run
+    for old in out.parent.glob(f"{out.name}.old-*"):  # a run killed inside _commit: its previous tree
+        pid = old.name.rsplit("-", 1)[1]
+        if old.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
     except OSError as exc:
