@@ -141,7 +141,7 @@ class CsvSink(Sink):
 class GeoJsonTrackSink(Sink):
     """A FeatureCollection: the estimated track as a LineString plus one Point per estimate."""
 
-    POINT_PROPERTIES = ("frame", "t", "status", "confidence", "search", "error_m")
+    POINT_PROPERTIES = ("frame", "t", "status", "fix_source", "confidence", "search", "error_m")
 
     def __init__(self, target: str) -> None:
         self._target = target
