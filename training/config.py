@@ -20,6 +20,7 @@ from typing import Any
 from meanloc.errors import MeanlocError
 
 DATASETS = ("university", "sues200", "synthetic")
+SYNTHETIC_STEPS = 1000  # the synthetic recipe's step budget
 SUES_ALTITUDES = (150, 200, 250, 300)
 
 
@@ -63,8 +64,9 @@ class TrainConfig:
     amp: bool = _opt(True, "mixed precision + GradScaler (CUDA only; ignored on CPU)")
     grad_scaler_init: float = _opt(2.0**10, "GradScaler initial scale")
     sync_bn: bool = _opt(False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
-    max_minutes: float | None = _opt(None, "stop after this wall-clock budget; the schedule spans the budget")
-    max_steps: int | None = _opt(None, "stop after this many optimiser steps (the schedule spans them)")
+    max_minutes: float | None = _opt(None, "stop after this wall-clock budget (alone: the schedule spans the steps the "
+                                     "step rate measured once at the start affords; with --max-steps only a stop)")
+    max_steps: int | None = _opt(None, "optimiser steps; the schedule spans them (the same run on an idle or a busy machine)")
     # --- reproducibility, logging, selection -------------------------------------------------------
     seed: int = _opt(1, "seed for Python, NumPy, torch and the batch sampler")
     deterministic: bool = _opt(True, "torch.use_deterministic_algorithms on CPU")
@@ -95,6 +97,9 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise MeanlocError(f"{name} must be > 0, got {value}")
+        for name, value in (("max_steps", self.max_steps), ("max_minutes", self.max_minutes)):
+            if value is not None and value <= 0:
+                raise MeanlocError(f"{name} must be > 0 when given, got {value}")
         if not 0 <= self.warmup_ratio < 1:
             raise MeanlocError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -109,13 +114,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     # mean-paper runs at 384 px; the img_size default comes from whichever preset is chosen.
     "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
     "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
-    # For 2 CPU cores and a 10-minute budget (bench/bench_train_throughput.py): the small net at 64 px,
-    # images decoded once into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle
-    # knows its attitude; `--no-pose-aware-queries` gives MEAN as published). Loss weights: the dataset
-    # defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
+    # For 2 CPU cores (bench/bench_train_throughput.py): the small net at 64 px, images decoded once
+    # into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle knows its attitude;
+    # `--no-pose-aware-queries` gives MEAN as published), and a step budget (about 8 minutes on two
+    # idle cores; a loaded machine takes longer but trains the same model). Loss weights: the
+    # dataset defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {
         "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
-        "max_minutes": 10.0, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
+        "max_steps": SYNTHETIC_STEPS, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
     },
 }
 
