@@ -21,6 +21,7 @@ from meanloc.errors import MeanlocError
 
 DATASETS = ("university", "sues200", "synthetic")
 SYNTHETIC_STEPS = 1000  # the synthetic recipe's step budget
+SYNTHETIC_DEFAULT_PX = 64  # input side for synthetic datasets that recommend none
 SUES_ALTITUDES = (150, 200, 250, 300)
 
 
@@ -114,13 +115,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     # mean-paper runs at 384 px; the img_size default comes from whichever preset is chosen.
     "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
     "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
-    # For 2 CPU cores (bench/bench_train_throughput.py): the small net at 64 px, images decoded once
+    # For 2 CPU cores (bench/bench_train_throughput.py): the small net at the input size the dataset
+    # recommends (64 px for the synthetic world's 200 m tiles, by ground resolution for a user's
+    # orthophoto: SYNTHETIC_DEFAULT_PX when dataset.json has none), images decoded once
     # into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle knows its attitude;
     # `--no-pose-aware-queries` gives MEAN as published), and a step budget (about 8 minutes on two
     # idle cores; a loaded machine takes longer but trains the same model). Loss weights: the
     # dataset defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {
-        "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
+        "preset": "mean-small", "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
         "max_steps": SYNTHETIC_STEPS, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
     },
 }

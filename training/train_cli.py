@@ -27,6 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from .config import build_config, cli_overrides, read_yaml_config
 
     config = build_config(read_yaml_config(args.config) if args.config else {}, cli_overrides(args))
+    if config.dataset == "synthetic" and config.img_size is None:
+        from .config import SYNTHETIC_DEFAULT_PX
+        from .data.query_images import dataset_input_px
+
+        config.img_size = dataset_input_px(config.data_root, SYNTHETIC_DEFAULT_PX)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0

@@ -290,28 +290,36 @@ def plan_user_area(bounds: tuple[float, float, float, float], valid: Callable[[n
         split[np.setdiff1d(pool, far)] = "train"
     else:
         along_x = (max_x - min_x) >= (max_y - min_y)
+        extent = (x.max() - x.min()) if along_x else (y.max() - y.min())
+        bands_reason = (f"three banded splits need at least 3 grid positions and 2 gaps of {gap_text} = "
+                        f"{3 * spacing_m + 2 * gap:.0f} m along the longer axis, where the {len(x)} candidate "
+                        f"locations span {extent:.0f} m")
         split = None
         if layout in ("auto", "bands"):
             split = _assign_bands(x if along_x else -y, gap, fractions)
             chosen = "bands west-east" if along_x else "bands north-south"
-        if split is None and layout in ("auto", "blocks"):
+            if split is None and layout == "bands":
+                raise MeanlocError(f"the orthophoto ({size}) is too small for three banded splits: {bands_reason}; "
+                                   "lower --clearance-m or --tile-side-m, use --split-layout blocks, or give --test-area")
+        if split is None:
             split = _assign_blocks(x, y, max(3 * tile_side_m, gap))
             chosen = "blocks"
-        if split is None:
-            extent = (x.max() - x.min()) if along_x else (y.max() - y.min())
-            raise MeanlocError(
-                f"the orthophoto ({size}) is too small for three banded splits: the {len(x)} candidate locations span "
-                f"{extent:.0f} m along the longer axis, and train, val and test need at least 3 grid positions and "
-                f"2 gaps of {gap_text} = {3 * spacing_m + 2 * gap:.0f} m; lower --clearance-m or --tile-side-m, use "
-                "--split-layout blocks, or give --test-area")
+            keep, _ = _enforce_clearance(x, y, split, gap)
+            counts = {name: int(((split == name) & keep).sum()) for name in SPLITS}
+            if min(counts.values()) == 0:
+                bands = f"too small for three banded splits ({bands_reason}) and " if layout == "auto" else ""
+                raise MeanlocError(
+                    f"the orthophoto ({size}) is {bands}too small for a checkerboard of blocks: once locations of "
+                    f"different splits keep {gap_text} apart, the blocks leave {counts}; lower --clearance-m or "
+                    "--tile-side-m, or give --test-area")
     keep, dropped = _enforce_clearance(x, y, split, gap)
     counts = {name: int(((split == name) & keep).sum()) for name in SPLITS}
-    if min(counts.values()) == 0:
+    if min(counts.values()) == 0:  # bands and blocks are checked above; a test area can still starve a split
         missing = [name for name, count in counts.items() if count == 0]
         raise MeanlocError(
             f"the {chosen} layout leaves no {' and no '.join(missing)} location on the orthophoto ({size}) once "
             f"locations of different splits keep {gap_text} apart (counts {counts}); lower --clearance-m or "
-            "--tile-side-m, choose another --split-layout, or give --test-area")
+            "--tile-side-m, or shrink --test-area")
     candidates = tuple((str(s), float(a), float(b), int(r), int(c))
                        for s, a, b, r, c, k in zip(split, x, y, row, col, keep) if k)
     return AreaPlan(candidates, chosen, tile_side_m, spacing_m, clearance_m, gap, margin_m, dropped)
