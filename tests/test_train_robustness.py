@@ -32,7 +32,7 @@ from meanloc.training.validation import retrieval_validator
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    config = preset_config("tiny", seed=5, n_train=24, n_val=8, views_train=3, cross_source=False)
+    config = preset_config("tiny", seed=5, n_train=24, n_val=12, views_train=3, cross_source=False)
     out = tmp_path_factory.mktemp("robust") / "data"
     write_dataset(out, config, *synthetic_sources(config))
     return out

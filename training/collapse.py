@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from meanloc.errors import MeanlocError
 
 ALPHA = 0.01  # one-sided significance of "better than chance" for model selection
+MIN_QUERIES = 20  # below this a validation split cannot tell a model from chance: selection warns instead
 
 
 class TrainingCollapsedError(MeanlocError):
@@ -48,9 +49,12 @@ def chance_tail_probability(hits: int, queries: int, chance: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def above_chance(r1_percent: float, queries: int, gallery: int, alpha: float = ALPHA) -> bool:
-    """True if R@1 over `queries` single-positive queries beats guessing among `gallery` tiles."""
-    if queries <= 0 or gallery <= 0:
+def above_chance(r1_percent: float, queries: int, gallery: int, alpha: float = ALPHA) -> bool | None:
+    """True if R@1 over `queries` single-positive queries beats guessing among `gallery` tiles;
+    None if there are too few queries to tell (a smoke-test split)."""
+    if queries < MIN_QUERIES:
+        return None
+    if gallery <= 0:
         return False
     hits = round(r1_percent / 100.0 * queries)
     return chance_tail_probability(hits, queries, 1.0 / gallery) < alpha

@@ -526,9 +526,13 @@ class Trainer:
             metrics = dict(self.validator(self.model))
         self.model.train()
         restore_rng_state(rng)
-        # Selection candidates must beat chance; validators that cannot say (no chance given) pass.
-        metrics.setdefault("above_chance", True)
-        metrics["above_chance"] = bool(metrics["above_chance"]) and not self.guard.collapsed
+        # Selection candidates must beat chance. A validator that cannot say (no chance level, or too
+        # few queries to tell) leaves it to R@1 alone, and says so once.
+        verdict = metrics.get("above_chance")
+        if verdict is None and self.validations == 0 and self.ctx.is_main:
+            print(f"meanloc: warning: the validation split ({metrics.get('queries', '?')} queries) is too small to "
+                  "tell a model from chance; model selection uses R@1 alone", file=sys.stderr)
+        metrics["above_chance"] = (verdict is None or bool(verdict)) and not self.guard.collapsed
         self.validations += 1
         self.best_r1_seen = max(self.best_r1_seen, float(metrics.get("r1", -math.inf)))
         self.chance_r1 = float(metrics.get("chance_r1", math.nan))
