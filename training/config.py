@@ -40,11 +40,17 @@ class TrainConfig:
                                     "(synthetic data; the onboard loop then needs attitude and altitude)")
     augment: bool = _opt(True, "reference augmentations (joint flip, colour jitter, blur, dropout, satellite RandomRotate90)")
     num_workers: int = _opt(0, "DataLoader worker processes")
+    objective: str = _opt("supervised", "supervised (drone view <-> satellite tile pairs) or ssl: self-supervised "
+                          "pretraining on the satellite orthophoto alone (synthetic/user datasets; no drone data)")
+    attitude_noise: str = _opt("ideal", "pose-aware queries: rectify training views with attitude errors of this "
+                               "sensor preset (ideal, good-gimbal, cheap-imu) so the model tolerates them")
     # --- model -----------------------------------------------------------------------------------
     preset: str = _opt("mean-paper", "model preset (mean-paper, mean-small, mean-nano)")
     img_size: int | None = _opt(None, "input side in pixels (default: the preset's)")
     num_classes: int | None = _opt(None, "classifier outputs (default: the number of training classes; SUES-200: 150 as the reference)")
     pretrained: str = _opt("", "ImageNet ConvNeXt weights (FAIR or timm layout, local file) for the backbone")
+    init_checkpoint: str = _opt("", "start from the weights of this meanloc checkpoint (e.g. --objective ssl "
+                                "pretraining); optimiser and schedule start fresh")
     fat_double_softmax: bool = _opt(True, "reference quirk: softmax FAT's output a second time (near-uniform weights)")
     # --- losses (None = the dataset's default weights) --------------------------------------------
     weight_infonce: float | None = _opt(None, "InfoNCE weight λ2 (University/SUES 1.0)")
@@ -90,6 +96,16 @@ class TrainConfig:
             raise MeanlocError("no dataset root given (--data-root or data_root in the YAML)")
         if self.dataset == "sues200" and self.altitude not in SUES_ALTITUDES:
             raise MeanlocError(f"SUES-200 needs --altitude in {SUES_ALTITUDES}, got {self.altitude}")
+        if self.objective not in ("supervised", "ssl"):
+            raise MeanlocError(f"objective must be 'supervised' or 'ssl', got '{self.objective}'")
+        if self.objective == "ssl" and self.dataset != "synthetic":
+            raise MeanlocError("--objective ssl needs a dataset written by `meanloc data synth` (its orthophoto "
+                               "and training area); University-1652 and SUES-200 have no orthophoto")
+        if self.attitude_noise not in ("ideal", "good-gimbal", "cheap-imu"):
+            raise MeanlocError(f"attitude_noise must be ideal, good-gimbal or cheap-imu, got '{self.attitude_noise}'")
+        if self.init_checkpoint and (self.resume or self.pretrained):
+            raise MeanlocError("--init-checkpoint starts from other weights: it cannot be combined with --resume "
+                               "or --pretrained")
         if self.selection not in ("val", "last"):
             raise MeanlocError(f"selection must be 'val' or 'last' (test-set selection is not offered), got '{self.selection}'")
         if self.val_split == "test":

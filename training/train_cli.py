@@ -43,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     def data_factory(cfg, ctx):
         img_size = cfg.img_size or PRESETS[cfg.preset].img_size
-        data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
+        if cfg.objective == "ssl":
+            from .ssl_pairs import SatelliteCropPairs
+
+            data = SatelliteCropPairs(cfg, img_size)
+        else:
+            data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
         validator = retrieval_validator(cfg) if cfg.selection == "val" else None
         return data, validator
 

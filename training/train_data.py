@@ -12,6 +12,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from meanloc.errors import MeanlocError
+from meanloc.runtime.localize.synthetic import sensor_preset
+
 from .cached_pairs import CachedPairs
 from .config import TrainConfig
 from .data.pairs import PairDataset
@@ -55,7 +58,7 @@ class RamPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int, progress: bool) -> None:
         super().__init__(split, config)
         self.cache = CachedPairs(split.pairs, img_size, augment=config.augment, progress=progress,
-                                 query_view=self.query_view)
+                                 query_view=self.query_view, attitude_noise=sensor_preset(config.attitude_noise))
 
     def iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Batch]:
         for batch in batches:
@@ -63,6 +66,8 @@ class RamPairs(_SampledPairs):
 
 
 def load_train_data(config: TrainConfig, img_size: int, progress: bool = False) -> DiskPairs | RamPairs:
+    if config.attitude_noise != "ideal" and not config.cache_images:
+        raise MeanlocError("--attitude-noise re-rectifies the cached views: it needs --cache-images")
     # 'synthetic' reads the University-1652 layout the generator writes.
     split = load_train_pairs(config.data_root, config.dataset, config.altitude)
     if config.cache_images:

@@ -241,6 +241,8 @@ class Trainer:
         self.model = resumed.model if resumed else build_model(self.model_config)
         if config.pretrained and not resumed:
             load_imagenet_backbone(self.model, config.pretrained)
+        if config.init_checkpoint and not resumed:
+            self._load_initial_weights(config.init_checkpoint)
         freeze_unused_parameters(self.model)
         self.model.to(self.ctx.device)
 
@@ -296,6 +298,24 @@ class Trainer:
         if self.config.img_size:
             overrides["img_size"] = self.config.img_size
         return resolve_config(self.config.preset, **overrides)
+
+    def _load_initial_weights(self, path: str) -> None:
+        """Weights of another run (same preset, input size and query view); heads sized by another
+        class count are left as initialised, and named."""
+        source = load_checkpoint(path)
+        if source.config.query_view != self.model_config.query_view or source.config.img_size != self.model_config.img_size:
+            raise MeanlocError(f"{path} was trained at {source.config.img_size} px with queries "
+                               f"'{source.config.query_view.describe()}', this run uses {self.model_config.img_size} px "
+                               f"and '{self.model_config.query_view.describe()}'")
+        own = self.model.state_dict()
+        weights = source.model.state_dict()
+        if set(weights) != set(own):
+            raise MeanlocError(f"{path} is a {source.config.preset} checkpoint; this run trains {self.model_config.preset}")
+        skipped = [key for key in own if weights[key].shape != own[key].shape]
+        self.model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
+        if skipped:
+            print(f"meanloc: --init-checkpoint: {len(skipped)} tensors sized for another class count start fresh "
+                  f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})", file=sys.stderr)
 
     def _loss_weights(self) -> LossWeights:
         default = default_loss_weights(self.config.dataset)
