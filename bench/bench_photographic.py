@@ -15,7 +15,7 @@ Every validation (each epoch) is a point of the curve; the target is val R@1 >= 
 Step budgets make the runs independent of the machine's load; the table reports wall time too.
 
     python bench/bench_photographic.py [--data DATASET] [--work DIR] [--steps 1000] [--ssl-steps 300]
-        [--settings scratch,ssl]
+        [--settings scratch,ssl] [--threads N]
 
 Without `--data` it generates the demo dataset with drone views from date 2 (`meanloc data synth
 --preset demo`, the cross-source default).
@@ -39,10 +39,13 @@ def _records(run: Path, event: str) -> list[dict]:
     return [record for record in map(json.loads, lines) if record["event"] == event]
 
 
+THREADS: list[str] = []  # --threads N for every training run (a busy machine runs better on fewer)
+
+
 def train(data: Path, out: Path, steps: int, extra: list[str]) -> float:
     started = time.monotonic()
     code = meanloc(["train", "--dataset", "synthetic", "--data-root", str(data), "--max-steps", str(steps),
-                    "--seed", "0", "--out-dir", str(out), "--selection", "val", "--no-progress", *extra])
+                    "--seed", "0", "--out-dir", str(out), "--selection", "val", "--no-progress", *THREADS, *extra])
     if code != 0:
         raise SystemExit(f"training failed for {out} (exit {code})")
     return time.monotonic() - started
@@ -83,7 +86,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="total step budget (default: the recipe's)")
     parser.add_argument("--ssl-steps", type=int, default=300, help="of which self-supervised pretraining (ssl)")
     parser.add_argument("--settings", default="scratch,ssl", help="comma-separated: scratch, ssl")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per training run")
     args = parser.parse_args()
+    if args.threads:
+        THREADS.extend(["--threads", str(args.threads)])
     from meanloc.training.config import SYNTHETIC_STEPS
 
     steps = args.steps or SYNTHETIC_STEPS
