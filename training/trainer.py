@@ -514,7 +514,9 @@ class Trainer:
             raise TrainingCollapsedError(
                 f"training collapsed: {self.guard.describe()}; {result.last_checkpoint} is kept for inspection{best} "
                 "(causes and remedies: docs/training.md, 'Collapse')")
-        if config.selection == "val" and self.validator is not None and self.validations and not result.best_checkpoint:
+        # (Self-supervised pretraining is not judged by retrieval: its validation is only a transfer curve.)
+        if (config.selection == "val" and config.objective == "supervised" and self.validator is not None
+                and self.validations and not result.best_checkpoint):
             raise TrainingCollapsedError(
                 f"no validation result beat chance in {self.validations} validations (best R@1 "
                 f"{self.best_r1_seen:.2f} % vs chance {self.chance_r1:.2f} %); {result.last_checkpoint} is kept, "
