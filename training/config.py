@@ -85,6 +85,8 @@ class TrainConfig:
     selection: str = _opt("val", "best.pt by validation R@1 ('val') or the last epoch ('last'); never test")
     val_split: str = _opt("val", "split folder used for model selection")
     eval_batch_size: int = _opt(128, "batch size for validation embedding")
+    val_every_min_steps: int = _opt(50, "validate (and save last.pt) at epoch ends, but at most once per this many "
+                                    "steps (small datasets have epochs of a step or two); always at the end")
     log_every: int = _opt(10, "steps between metrics.jsonl lines")
     tensorboard: bool = _opt(False, "also log to TensorBoard (if installed)")
     progress: bool = _opt(True, "tqdm progress bar on rank 0")

@@ -283,6 +283,7 @@ class Trainer:
             self._load_train_state(resumed.train_state, config.resume)
         self.guard = CollapseGuard(config.batch_size, min_step=max(50, self.schedule.warmup))
         self.validations = 0
+        self.last_checkpoint_step = self.step
         self.best_r1_seen = -math.inf  # for the message when no validation beat chance
         self.chance_r1 = math.nan
 
@@ -466,6 +467,11 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.epoch_order = None
+            # A small area gives epochs of a step or two: validate and checkpoint at epoch ends, but
+            # not more often than every `val_every_min_steps` steps (always at the end).
+            if not stop and self.epoch < config.epochs and self.step - self.last_checkpoint_step < config.val_every_min_steps:
+                continue
+            self.last_checkpoint_step = self.step
             metrics = self._validate(log)
             last_path = self.save("last.pt", metrics)
             if metrics and config.selection == "val" and metrics["above_chance"] and metrics["r1"] > self.best_metric:

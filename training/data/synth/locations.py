@@ -111,13 +111,13 @@ def place_locations(plan: GridPlan, bounds: tuple[float, float, float, float], n
 
 
 def split_gap_m(locations: list[Location]) -> float:
-    """Smallest east-west distance between location centres of different splits."""
-    by_split = {s: [loc.x for loc in locations if loc.split == s] for s in SPLITS}
+    """Smallest centre-to-centre distance (Chebyshev: squares are axis-aligned) between locations of
+    different splits; for the synthetic world's bands, the east-west gap between them."""
+    points = {split: np.array([[loc.x, loc.y] for loc in locations if loc.split == split]) for split in SPLITS}
     gaps = []
     for a, b in (("train", "val"), ("val", "test"), ("train", "test")):
-        if by_split[a] and by_split[b]:
-            gaps.append(min(abs(xa - xb) for xa in (min(by_split[a]), max(by_split[a]))
-                            for xb in (min(by_split[b]), max(by_split[b]))))
+        if len(points[a]) and len(points[b]):
+            gaps.append(float(np.abs(points[a][:, None, :] - points[b][None, :, :]).max(axis=2).min()))
     return min(gaps) if gaps else math.inf
 
 
