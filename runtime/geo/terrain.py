@@ -7,7 +7,7 @@ Without one, the height above home is wrong by the terrain's relief between home
 point. The synthetic world's rendering stays flat (datasets-and-metrics.md §5.8): terrain here only
 changes which height the sensors report, not what the camera sees.
 
-Python 3.8 compatible and torch-free; reading a GeoTIFF needs rasterio (the `runtime` extra).
+Python 3.8 compatible and torch-free; reading a GeoTIFF needs rasterio (the `geo` extra).
 """
 
 import math
@@ -57,7 +57,7 @@ class Terrain:
 
     @classmethod
     def from_geotiff(cls, path: Any) -> "Terrain":
-        rasterio = require_module("rasterio", "runtime")
+        rasterio = require_module("rasterio", "geo")
         path = Path(path)
         if not path.is_file():
             raise MeanlocError("DEM not found: {}".format(path))
@@ -77,7 +77,7 @@ class Terrain:
         return cls(heights, transform, crs.to_string(), str(path))
 
     def save_geotiff(self, path: Any) -> None:
-        rasterio = require_module("rasterio", "runtime")
+        rasterio = require_module("rasterio", "geo")
         from rasterio.transform import Affine
 
         t = self.transform

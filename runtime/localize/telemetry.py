@@ -54,6 +54,7 @@ class CameraState:
     pitch_deg: Optional[float] = None  # from nadir
     altitude_m: Optional[float] = None  # above ground
     roll_deg: Optional[float] = None  # about the optical axis
+    altitude_amsl_m: Optional[float] = None  # GLOBAL_POSITION_INT.alt, for --dem
 
 
 def interpolate_angle_deg(a: float, b: float, fraction: float) -> float:
@@ -163,8 +164,10 @@ class TelemetryState:
             heading, pitch, roll = self._body_camera(attitude)
         else:
             heading, pitch, roll = self._gimbal_camera(None if attitude is None else attitude[0])
+        position = self._fresh("GLOBAL_POSITION_INT")
         return CameraState(heading_deg=None if heading is None else heading % 360.0, pitch_deg=pitch,
-                           altitude_m=self._height_above_ground(vehicle), roll_deg=roll)
+                           altitude_m=self._height_above_ground(vehicle), roll_deg=roll,
+                           altitude_amsl_m=None if position is None else position.alt / 1000.0)
 
     def _body_camera(self, attitude: Optional[Tuple[float, float, float]]) -> Tuple[Optional[float], ...]:
         if attitude is None or self.mount_pitch_deg is None:
@@ -211,6 +214,7 @@ def stamp(frame: Frame, camera: CameraState) -> Frame:
         pitch_deg=camera.pitch_deg if frame.pitch_deg is None else frame.pitch_deg,
         altitude_m=camera.altitude_m if frame.altitude_m is None else frame.altitude_m,
         roll_deg=camera.roll_deg if frame.roll_deg is None else frame.roll_deg,
+        altitude_amsl_m=camera.altitude_amsl_m if frame.altitude_amsl_m is None else frame.altitude_amsl_m,
     )
 
 

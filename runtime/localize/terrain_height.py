@@ -14,6 +14,7 @@ position estimate keep the height they carry. Python 3.8 compatible and torch-fr
 """
 
 import dataclasses
+import logging
 import math
 from typing import Iterator, Optional
 
@@ -23,6 +24,7 @@ from ..geo.orthophoto import lonlat_to_crs
 from ..geo.terrain import Terrain
 from .sources import Frame, FrameSource
 
+LOG = logging.getLogger("meanloc.localize")
 LOOK_AHEAD_ITERATIONS = 3
 MIN_HEIGHT_M = 1.0
 
@@ -55,9 +57,15 @@ class DemHeightSource(FrameSource):
         self.live = source.live
         self.stats = source.stats
         self.corrected = 0
+        self._warned = False
 
     def correct(self, frame: Frame) -> Frame:
         if frame.altitude_amsl_m is None or frame.prior_lonlat is None or frame.heading_deg is None:
+            if not self._warned:
+                self._warned = True
+                LOG.warning("--dem: frame %d has no %s; its height above ground is left as reported", frame.index,
+                            "barometric altitude AMSL (telemetry GLOBAL_POSITION_INT)" if frame.altitude_amsl_m is None
+                            else "position estimate (prior)" if frame.prior_lonlat is None else "heading")
             return frame
         x, y = lonlat_to_crs(frame.prior_lonlat[0], frame.prior_lonlat[1], self.terrain.crs)
         height = height_above_look_at(self.terrain, frame.altitude_amsl_m, np.array([float(x), float(y)]),
