@@ -24,7 +24,7 @@ from meanloc.training.trainer import Trainer
 
 # (label, overrides): the demo recipe (64 px, InfoNCE + uniformity), larger inputs, the full MEAN loss.
 CONFIGS = [
-    ("mean-small 64 px, demo recipe", {}),
+    ("mean-small 64 px, demo recipe", {"img_size": 64}),
     ("mean-small 96 px", {"img_size": 96}),
     ("mean-small 128 px (preset size)", {"img_size": 128}),
     ("mean-small 128 px, full MEAN loss (CE + CDA)", {"img_size": 128, "weight_ce": 0.1, "weight_cda": 1.3}),

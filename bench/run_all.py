@@ -25,6 +25,8 @@ BENCHMARKS = [
     ("bench_profiler_overhead.py", [], []),
     ("bench_train_throughput.py", [], []),
     ("bench_query_view.py", [], ["--minutes", "2"]),
+    ("bench_photographic.py", [], ["--steps", "300", "--ssl-steps", "100"]),
+    # bench_sensor_noise.py needs trained pose-aware checkpoints: run it by hand (its docstring).
 ]
 
 

@@ -21,7 +21,10 @@ from meanloc.errors import MeanlocError
 class DemoOptions:
     workdir: str = "meanloc-demo"
     fresh: bool = False
-    train_minutes: float = 8.0
+    # Training runs to the synthetic recipe's step budget (or `train_steps`), so a loaded machine
+    # trains the same model as an idle one, only slower; `train_minutes` is a safety stop.
+    train_minutes: float = 30.0
+    train_steps: int = 0  # 0: the synthetic recipe's (training.config.SYNTHETIC_STEPS)
     flight_frames: int = 150
     seed: int = 0
     data_preset: str = "demo"
@@ -86,12 +89,13 @@ def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool, flight_area
     int8_cpu = calib / "model.int8-cpu.onnx"
     flight_models = {"fp32": onnx, "int8": int8_cpu}
     steps = [
-        DemoStep("train", "train {} on the synthetic world ({:g} min budget)".format(
-                     options.model_preset, options.train_minutes),
+        DemoStep("train", "train {} on the synthetic world ({} steps, stop after {:g} min at the latest)".format(
+                     options.model_preset, options.train_steps or "the recipe's", options.train_minutes),
                  ["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", options.model_preset,
                   "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out-dir", str(train),
                   "--selection", "val"] + ([] if options.pose_aware else ["--no-pose-aware-queries"])
-                 + (["--batch-size", str(options.batch_size)] if options.batch_size else []),
+                 + (["--batch-size", str(options.batch_size)] if options.batch_size else [])
+                 + (["--max-steps", str(options.train_steps)] if options.train_steps else []),
                  [checkpoint]),
         DemoStep("eval", "evaluate drone->satellite and satellite->drone retrieval on the held-out test split",
                  ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--dataset", "synthetic",

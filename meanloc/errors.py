@@ -3,7 +3,8 @@
 Every command follows `EXIT_CODES`; docs/troubleshooting.md prints the same table
 (tests/test_hostile_inputs.py checks that the two agree). Raise the exception that says what
 went wrong and let `meanloc.cli.main` map it; a command never picks an exit code of its own,
-except `EXIT_CHECK_FAILED` from a command whose job is a check (`bank verify`).
+except `EXIT_CHECK_FAILED` from a command whose job is a check (`bank verify`) and a training run
+that ended without a model (`TrainingCollapsedError`).
 Python 3.8 compatible.
 """
 
@@ -20,7 +21,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: Dict[int, str] = {
     EXIT_OK: "success (a stream that skipped bad frames or images still succeeds, and says how many it skipped)",
-    EXIT_CHECK_FAILED: "a check ran and found problems (`meanloc bank verify`)",
+    EXIT_CHECK_FAILED: "a check ran and found problems (`meanloc bank verify`), or training ended without a model "
+    "(collapsed embeddings, or no validation result above chance: `meanloc train`)",
     EXIT_BAD_INPUT: "bad input: a wrong option, a missing, unreadable, damaged or unsafe file (truncated, "
     "corrupt, pickled objects, bad images), no usable data, or an existing output without --overwrite",
     EXIT_ARTIFACT_MISMATCH: "a readable file that is not the meanloc artifact the command needs (a foreign ONNX, "

@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--out", required=True, help="bank folder to write")
     build.add_argument(
-        "--tile-m", type=float, default=200.0, help="tile side in metres at scale 1 (default 200)"
+        "--tile-m", type=float, default=None,
+        help="tile side in metres at scale 1 (default: the ground square a pose-aware model was trained on, else 200)"
     )
     build.add_argument(
         "--overlap", type=float, default=0.5, help="tile overlap in [0, 1); stride = side*(1-overlap)"
@@ -183,7 +184,7 @@ def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
                 args.orthophoto,
                 backend,
                 args.out,
-                tile_m=args.tile_m,
+                tile_m=args.tile_m or _default_tile_m(backend),
                 overlap=args.overlap,
                 scales=_parse_scales(args.scales),
                 min_valid=args.min_valid,
@@ -302,3 +303,9 @@ def _merge(args: argparse.Namespace) -> int:
         "{} local features".format(layer["count"]) if layer else "no local features ({})".format(
             manifest["build"].get("local_features"))))
     return 0
+
+
+def _default_tile_m(backend: Any) -> float:
+    """Tiles the size of the ground square a pose-aware model compares (200 m otherwise)."""
+    view = backend.identity.query_view
+    return float(view.ground_side_m) if view.rectified else 200.0

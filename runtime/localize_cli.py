@@ -111,18 +111,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "gimbal that reports its attitude")
     camera.add_argument("--telemetry-max-age", type=_positive(float), default=1.0, metavar="S",
                         help="telemetry older than this counts as unknown")
+    camera.add_argument("--camera-latency-ms", type=float, default=0.0, metavar="MS",
+                        help="with --telemetry: time from a frame's exposure to reading it; the attitude is "
+                             "interpolated to read time minus this")
+    camera.add_argument("--dem", default=None, metavar="DEM.tif",
+                        help="terrain heights (GeoTIFF in a metric CRS): height above ground = barometric altitude "
+                             "AMSL - DEM height under the look-at point (frames that carry an AMSL altitude; synthetic "
+                             "flights also fly over this terrain)")
     fine = parser.add_argument_group("fine stage: geometric verification against the bank's local features")
     fine.add_argument("--refine", choices=("auto", "off"), default="auto",
                       help="auto (default): verify every frame with local features when the bank has a feature "
                       "layer, and use the verified fit as the fix; off: retrieval fixes only")
     fine.add_argument("--refine-min-inliers", type=_positive(int), default=15, metavar="N",
                       help="distinct inliers a fit needs to count as verified (default 15)")
-    fine.add_argument("--heading-std-deg", type=_non_negative, default=2.0, metavar="DEG",
-                      help="heading error of the frames' attitude (1 sigma; widens the look-at-to-vehicle offset)")
-    fine.add_argument("--pitch-std-deg", type=_non_negative, default=0.5, metavar="DEG",
-                      help="camera pitch error of the frames' attitude (1 sigma)")
-    fine.add_argument("--altitude-std-m", type=_non_negative, default=2.0, metavar="M",
-                      help="height-above-ground error of the frames' attitude (1 sigma)")
+    fine.add_argument("--heading-std-deg", type=_non_negative, default=None, metavar="DEG",
+                      help="heading error of the frames' attitude (1 sigma; widens the look-at-to-vehicle offset; "
+                      "default: a synthetic flight's --sensor-noise, else 2)")
+    fine.add_argument("--pitch-std-deg", type=_non_negative, default=None, metavar="DEG",
+                      help="camera pitch error of the frames' attitude (1 sigma; default: --sensor-noise, else 0.5)")
+    fine.add_argument("--altitude-std-m", type=_non_negative, default=None, metavar="M",
+                      help="height-above-ground error of the frames' attitude (1 sigma; default: --sensor-noise, "
+                      "else 2)")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
     parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
@@ -149,6 +158,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flight.add_argument("--flight-speed", type=_positive(float), default=10.0, help="ground speed (m/s)")
     flight.add_argument("--flight-altitude", type=_positive(float), default=150.0, help="altitude above ground (m)")
     flight.add_argument("--flight-pitch", type=float, default=0.0, help="camera pitch from nadir (degrees)")
+    flight.add_argument("--flight-hfov", type=_positive(float), default=70.0, help="camera horizontal field of view (deg)")
+    flight.add_argument("--flight-leg-m", type=_positive(float), default=None,
+                        help="lawnmower leg length (default: the longest that fits the area, at most 600 m)")
+    flight.add_argument("--sensor-noise", default="ideal", choices=("ideal", "good-gimbal", "cheap-imu"),
+                        help="attitude and height errors the frames report (rendered with the true pose): ideal; "
+                             "good-gimbal (heading 2 deg, pitch/roll 0.5 deg, height 2 m sigma); cheap-imu (heading "
+                             "8 deg sigma + 5 deg bias, pitch/roll 2 deg, height 10 m)")
+    flight.add_argument("--telemetry-hz", type=_positive(float), default=20.0,
+                        help="rate of the simulated attitude stream, interpolated to each frame's time")
+    flight.add_argument("--flight-terrain-m", type=float, default=0.0,
+                        help="rolling terrain of about this relief under the flight (reported heights are above "
+                             "take-off; the rendering stays flat)")
     flight.add_argument("--flight-pattern", default="lawnmower", help="flight pattern (see `meanloc data --help`)")
     flight.add_argument("--flight-seed", type=int, default=0, help="seed of the flight, rendering and prior")
     flight.add_argument("--flight-area", type=_lat_lon_box, default=None, metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX",
@@ -208,7 +229,6 @@ def _loop_config(args: argparse.Namespace) -> Any:
     from .fine.stage import RefineConfig
     from .localize.estimate import EstimatorConfig
     from .localize.kalman import KalmanConfig
-    from .localize.look_at import AttitudeUncertainty
     from .localize.loop import CameraDefaults, LoopConfig
     from .localize.window import WindowConfig
 
@@ -225,9 +245,31 @@ def _loop_config(args: argparse.Namespace) -> Any:
         camera=CameraDefaults(hfov_deg=args.camera_hfov, pitch_deg=args.camera_pitch, altitude_m=args.altitude_agl,
                               heading_deg=args.heading),
         refine=RefineConfig(mode=args.refine, min_inliers=args.refine_min_inliers),
-        attitude_std=AttitudeUncertainty(heading_deg=args.heading_std_deg, pitch_deg=args.pitch_std_deg,
-                                         altitude_m=args.altitude_std_m),
+        attitude_std=_attitude_std(args),
     )
+
+
+def _attitude_std(args: argparse.Namespace) -> Any:
+    """The attitude errors the loop allows for: the options, else what a synthetic flight's sensor
+    preset injects (its bias counted as error: the loop does not know it), else a good gimbal's."""
+    import math
+
+    from .localize.look_at import AttitudeUncertainty
+    from .localize.synthetic import sensor_preset
+
+    default = AttitudeUncertainty()
+    noise = sensor_preset(args.sensor_noise)
+    if args.source.startswith("synthetic:") and not noise.ideal:
+        default = AttitudeUncertainty(heading_deg=math.hypot(noise.heading_sigma_deg, noise.heading_bias_deg),
+                                      pitch_deg=noise.pitch_sigma_deg,
+                                      altitude_m=math.hypot(noise.height_sigma_m, noise.height_bias_m))
+
+    def chosen(value: Optional[float], fallback: float) -> float:
+        return fallback if value is None else value
+
+    return AttitudeUncertainty(heading_deg=chosen(args.heading_std_deg, default.heading_deg),
+                               pitch_deg=chosen(args.pitch_std_deg, default.pitch_deg),
+                               altitude_m=chosen(args.altitude_std_m, default.altitude_m))
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -280,7 +322,19 @@ def _with_telemetry(source: Any, args: argparse.Namespace) -> Any:
     from .localize.telemetry import with_telemetry
 
     try:
-        return with_telemetry(source, args.telemetry, args.camera_mount, args.camera_pitch, args.telemetry_max_age)
+        return with_telemetry(source, args.telemetry, args.camera_mount, args.camera_pitch, args.telemetry_max_age,
+                              latency_s=args.camera_latency_ms / 1000.0)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _with_dem(source: Any, path: str) -> Any:
+    from .geo.terrain import Terrain
+    from .localize.terrain_height import DemHeightSource
+
+    try:
+        return DemHeightSource(source, Terrain.from_geotiff(path))
     except BaseException:
         source.close()
         raise
@@ -292,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     from .bank.bank import SatelliteBank
     from .localize.loop import LocalizationLoop
     from .localize.sources import ReconnectPolicy, open_source
-    from .localize.synthetic import SyntheticFlightOptions
+    from .localize.synthetic import SyntheticFlightOptions, sensor_preset
 
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
@@ -300,15 +354,20 @@ def run(args: argparse.Namespace) -> int:
     backend = open_backend(args.model, backend=args.backend, threads=args.threads)
     try:
         bank = SatelliteBank.open(args.bank, device=args.search_device, check=args.bank_check)
+        view = backend.identity.query_view
         synthetic = SyntheticFlightOptions(
             frames=args.frames or 100, speed_mps=args.flight_speed, altitude_m=args.flight_altitude,
             pitch_deg=args.flight_pitch, pattern=args.flight_pattern, seed=args.flight_seed, area_latlon=args.flight_area,
             prior_drift_mps=args.prior_drift_mps, prior_jump_every=args.prior_jump_every,
-            prior_jump_m=args.prior_jump_m)
+            prior_jump_m=args.prior_jump_m, hfov_deg=args.flight_hfov, leg_m=args.flight_leg_m,
+            query_side_m=view.ground_side_m if view.rectified else None, sensor=sensor_preset(args.sensor_noise),
+            telemetry_hz=args.telemetry_hz, terrain_relief_m=args.flight_terrain_m, terrain_dem=args.dem)
         source = open_source(args.source, synthetic=synthetic, folder_period_s=1.0 / args.folder_fps,
                              reconnect=ReconnectPolicy())
         if args.telemetry:
             source = _with_telemetry(source, args)
+        if args.dem:
+            source = _with_dem(source, args.dem)
         loop = LocalizationLoop(backend, bank, _loop_config(args), [],
                                 what="bank {} vs model {}".format(args.bank, args.model))
         loop.sinks = _open_sinks(args)

@@ -71,12 +71,48 @@ def test_lawnmower_turns_back_and_frames_render():
     assert all(img.shape == (48, 64, 3) for _, img in frames)
 
 
-def test_flight_that_cannot_fit_is_refused():
-    with pytest.raises(MeanlocError, match="too small"):
+def test_flight_that_cannot_fit_names_the_failing_constraint_with_its_numbers():
+    # 400 x 400 m: a 490 m straight track plus 168 m of look-ahead does not fit in any direction.
+    with pytest.raises(MeanlocError, match=r"orthophoto \(400 x 400 m\) is shorter than the track: .*490 m of track"
+                                           r".* runs 168 m ahead .* needs 336 x 826 m"):
         plan_flight(_ortho(size_px=200), n_frames=50, speed_mps=10.0, altitude_m=200.0, pitch_deg=40.0,
                     intrinsics=INTR, attempts=20)
+    # The track fits in 600 m, but at 40 deg pitch the footprint is 654 m wide: it leaves the raster.
+    with pytest.raises(MeanlocError, match=r"footprint leaves the raster .* whole footprint \(reaching 457 m"):
+        plan_flight(_ortho(size_px=300), n_frames=5, speed_mps=10.0, altitude_m=200.0, pitch_deg=40.0,
+                    intrinsics=INTR, attempts=20)
+    with pytest.raises(MeanlocError, match=r"sees too far: pitch 60.0 deg .* corner ray [\d.]+ deg from nadir \(limit 80"):
+        plan_flight(_ortho(), n_frames=5, pitch_deg=60.0, intrinsics=INTR)
+    ortho = _ortho()
+    x0, y0, _, _ = ortho.bounds_world()
+    with pytest.raises(MeanlocError, match=r"flight area \(100 x 100 m\) is shorter than the track"):
+        plan_flight(ortho, n_frames=30, intrinsics=INTR, area=(x0 + 1000, y0 + 1000, x0 + 1100, y0 + 1100), attempts=20)
     with pytest.raises(MeanlocError, match="pattern"):
         plan_flight(_ortho(), n_frames=5, pattern="spiral", intrinsics=INTR)
+
+
+def test_a_pose_aware_flight_needs_only_its_query_squares_on_the_raster():
+    small = _ortho(size_px=300)  # 600 m: the 654 m wide oblique footprint leaves it, the 100 m squares do not
+    plan = plan_flight(small, n_frames=5, speed_mps=10.0, altitude_m=200.0, pitch_deg=40.0, intrinsics=INTR,
+                       query_side_m=100.0, attempts=50)
+    for frame in plan:
+        x, y = frame.pose.target_xy
+        corners = np.array([[x - 50, y - 50], [x + 50, y + 50], [x - 50, y + 50], [x + 50, y - 50]])
+        assert small.contains_world(corners[:, 0], corners[:, 1]).all()
+
+
+def test_lawnmower_legs_fit_a_square_kilometre_and_the_lens_is_honoured():
+    ortho = _ortho(size_px=500)  # 1000 x 1000 m
+    narrow = CameraIntrinsics(64, 48, 40.0)
+    plan = plan_flight(ortho, n_frames=100, speed_mps=10.0, altitude_m=150.0, pitch_deg=0.0, pattern="lawnmower",
+                       intrinsics=narrow, seed=2)
+    vehicle = np.array([f.vehicle_xy for f in plan])
+    assert np.ptp(vehicle, axis=0).max() < 1000 - 2 * 150 * math.tan(math.radians(20)) + 1e-6
+    frames = list(render_flight(ortho, plan[:2], narrow, seed=0))
+    assert frames[0][1].shape == (48, 64, 3)
+    times = np.array([0.0, 0.5, 1.0])
+    _, heading, look_at = plan.pose_at(times)
+    assert heading[0] == pytest.approx(plan[0].heading_deg) and look_at[2] == pytest.approx(plan[1].pose.target_xy)
 
 
 def test_prior_drifts_and_jumps():

@@ -157,9 +157,10 @@ def test_cli_bad_inputs_give_one_line_errors(tiny, tmp_path, capsys):
     corrupt.write_bytes(b"II*\x00" + b"\x00" * 64)
     cases.append((["--orthophoto", str(corrupt)], "cannot read"))
     small = tmp_path / "small.tif"
-    Orthophoto(sources.satellite.image[:200, :300].copy(), sources.satellite.transform, sources.satellite.crs
+    # 160 x 240 m: not even one 200 m tile (plus the look-at jitter) fits.
+    Orthophoto(sources.satellite.image[:40, :60].copy(), sources.satellite.transform, sources.satellite.crs
                ).save_geotiff(small)
-    cases.append((["--orthophoto", str(small)], "too small"))
+    cases.append((["--orthophoto", str(small)], "holds no location: each needs a 220 m square"))
     rotated = tmp_path / "rotated.tif"
     t = sources.satellite.transform
     Orthophoto(np.ascontiguousarray(np.rot90(sources.satellite.image, k=-1)),

@@ -72,8 +72,25 @@ def test_second_date_is_co_registered_but_looks_different(pair):
         a = _edges(date1.crop_north_up(c, 200.0, 100)[0])
         same.append(_corr(a, _edges(date2.crop_north_up(c, 200.0, 100)[0])))
         other.append(_corr(a, _edges(date2.crop_north_up(c_other, 200.0, 100)[0])))
-    assert min(same) > max(other) + 0.2  # same place on both dates matches far better
+    # The same place on both dates matches far better (the photographic date 2 is a hard pair:
+    # measured 0.24-0.46 against <= 0.04 for other places).
+    assert min(same) > max(other) + 0.15 and min(same) > 4 * max(*other, 0.01)
     assert np.abs(date1.image.astype(int) - date2.image.astype(int)).mean() > 10
+
+
+def test_second_date_is_photographic_and_deterministic():
+    import dataclasses
+
+    from meanloc.training.data.synth.world import DATE1, DATE2, render_layout
+
+    layout = build_layout(SPEC)
+    assert DATE2.photographic and not DATE1.photographic
+    photographic = render_layout(layout, DATE2)
+    painted = render_layout(layout, dataclasses.replace(DATE2, photographic=False))
+    assert np.array_equal(photographic, render_layout(layout, DATE2))
+    # Texture, phenology, crowns, soft shadows, cars, seams, sensor and JPEG change most pixels.
+    assert np.abs(photographic.astype(int) - painted.astype(int)).mean() > 10
+    assert (np.abs(photographic.astype(int) - painted.astype(int)).max(axis=2) > 8).mean() > 0.5
 
 
 def test_bad_world_specs_are_refused():

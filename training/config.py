@@ -20,6 +20,8 @@ from typing import Any
 from meanloc.errors import MeanlocError
 
 DATASETS = ("university", "sues200", "synthetic")
+SYNTHETIC_STEPS = 1000  # the synthetic recipe's step budget
+SYNTHETIC_DEFAULT_PX = 64  # input side for synthetic datasets that recommend none
 SUES_ALTITUDES = (150, 200, 250, 300)
 
 
@@ -40,11 +42,17 @@ class TrainConfig:
     num_workers: int = _opt(0, "DataLoader worker processes")
     skip_bad_images: bool = _opt(False, "skip damaged, truncated or unreadable training images (counted and named) "
                                  "instead of refusing to train")
+    objective: str = _opt("supervised", "supervised (drone view <-> satellite tile pairs) or ssl: self-supervised "
+                          "pretraining on the satellite orthophoto alone (synthetic/user datasets; no drone data)")
+    attitude_noise: str = _opt("ideal", "pose-aware queries: rectify training views with attitude errors of this "
+                               "sensor preset (ideal, good-gimbal, cheap-imu) so the model tolerates them")
     # --- model -----------------------------------------------------------------------------------
     preset: str = _opt("mean-paper", "model preset (mean-paper, mean-small, mean-nano)")
     img_size: int | None = _opt(None, "input side in pixels (default: the preset's)")
     num_classes: int | None = _opt(None, "classifier outputs (default: the number of training classes; SUES-200: 150 as the reference)")
     pretrained: str = _opt("", "ImageNet ConvNeXt weights (FAIR or timm layout, local file) for the backbone")
+    init_checkpoint: str = _opt("", "start from the weights of this meanloc checkpoint (e.g. --objective ssl "
+                                "pretraining); optimiser and schedule start fresh")
     fat_double_softmax: bool = _opt(True, "reference quirk: softmax FAT's output a second time (near-uniform weights)")
     # --- losses (None = the dataset's default weights) --------------------------------------------
     weight_infonce: float | None = _opt(None, "InfoNCE weight λ2 (University/SUES 1.0)")
@@ -65,8 +73,9 @@ class TrainConfig:
     amp: bool = _opt(True, "mixed precision + GradScaler (CUDA only; ignored on CPU)")
     grad_scaler_init: float = _opt(2.0**10, "GradScaler initial scale")
     sync_bn: bool = _opt(False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
-    max_minutes: float | None = _opt(None, "stop after this wall-clock budget; the schedule spans the budget")
-    max_steps: int | None = _opt(None, "stop after this many optimiser steps (the schedule spans them)")
+    max_minutes: float | None = _opt(None, "stop after this wall-clock budget (alone: the schedule spans the steps the "
+                                     "step rate measured once at the start affords; with --max-steps only a stop)")
+    max_steps: int | None = _opt(None, "optimiser steps; the schedule spans them (the same run on an idle or a busy machine)")
     # --- reproducibility, logging, selection -------------------------------------------------------
     seed: int = _opt(1, "seed for Python, NumPy, torch and the batch sampler")
     deterministic: bool = _opt(True, "torch.use_deterministic_algorithms on CPU")
@@ -78,6 +87,8 @@ class TrainConfig:
     selection: str = _opt("val", "best.pt by validation R@1 ('val') or the last epoch ('last'); never test")
     val_split: str = _opt("val", "split folder used for model selection")
     eval_batch_size: int = _opt(128, "batch size for validation embedding")
+    val_every_min_steps: int = _opt(50, "validate (and save last.pt) at epoch ends, but at most once per this many "
+                                    "steps (small datasets have epochs of a step or two); always at the end")
     log_every: int = _opt(10, "steps between metrics.jsonl lines")
     tensorboard: bool = _opt(False, "also log to TensorBoard (if installed)")
     progress: bool = _opt(True, "tqdm progress bar on rank 0")
@@ -89,6 +100,16 @@ class TrainConfig:
             raise MeanlocError("no dataset root given (--data-root or data_root in the YAML)")
         if self.dataset == "sues200" and self.altitude not in SUES_ALTITUDES:
             raise MeanlocError(f"SUES-200 needs --altitude in {SUES_ALTITUDES}, got {self.altitude}")
+        if self.objective not in ("supervised", "ssl"):
+            raise MeanlocError(f"objective must be 'supervised' or 'ssl', got '{self.objective}'")
+        if self.objective == "ssl" and self.dataset != "synthetic":
+            raise MeanlocError("--objective ssl needs a dataset written by `meanloc data synth` (its orthophoto "
+                               "and training area); University-1652 and SUES-200 have no orthophoto")
+        if self.attitude_noise not in ("ideal", "good-gimbal", "cheap-imu"):
+            raise MeanlocError(f"attitude_noise must be ideal, good-gimbal or cheap-imu, got '{self.attitude_noise}'")
+        if self.init_checkpoint and (self.resume or self.pretrained):
+            raise MeanlocError("--init-checkpoint starts from other weights: it cannot be combined with --resume "
+                               "or --pretrained")
         if self.selection not in ("val", "last"):
             raise MeanlocError(f"selection must be 'val' or 'last' (test-set selection is not offered), got '{self.selection}'")
         if self.val_split == "test":
@@ -97,6 +118,9 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise MeanlocError(f"{name} must be > 0, got {value}")
+        for name, value in (("max_steps", self.max_steps), ("max_minutes", self.max_minutes)):
+            if value is not None and value <= 0:
+                raise MeanlocError(f"{name} must be > 0 when given, got {value}")
         if not 0 <= self.warmup_ratio < 1:
             raise MeanlocError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -111,13 +135,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     # mean-paper runs at 384 px; the img_size default comes from whichever preset is chosen.
     "university": {"preset": "mean-paper", "epochs": 2, "batch_size": 64},
     "sues200": {"preset": "mean-paper", "epochs": 1, "batch_size": 24, "num_classes": 150},
-    # For 2 CPU cores and a 10-minute budget (bench/bench_train_throughput.py): the small net at 64 px,
-    # images decoded once into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle
-    # knows its attitude; `--no-pose-aware-queries` gives MEAN as published). Loss weights: the dataset
-    # defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
+    # For 2 CPU cores (bench/bench_train_throughput.py): the small net at the input size the dataset
+    # recommends (64 px for the synthetic world's 200 m tiles, by ground resolution for a user's
+    # orthophoto: SYNTHETIC_DEFAULT_PX when dataset.json has none), images decoded once
+    # into RAM, clamped temperature, last epoch, pose-aware queries (a vehicle knows its attitude;
+    # `--no-pose-aware-queries` gives MEAN as published), and a step budget (about 8 minutes on two
+    # idle cores; a loaded machine takes longer but trains the same model). Loss weights: the
+    # dataset defaults of losses.DATASET_LOSS_WEIGHTS (InfoNCE + the anti-collapse uniformity term).
     "synthetic": {
-        "preset": "mean-small", "img_size": 64, "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
-        "max_minutes": 10.0, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
+        "preset": "mean-small", "epochs": 100, "batch_size": 64, "lr": 2e-3, "cache_images": True,
+        "max_steps": SYNTHETIC_STEPS, "max_logit_scale": 100.0, "selection": "last", "pose_aware_queries": True,
     },
 }
 

@@ -56,6 +56,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--pitch", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                        help="pitch from nadir in degrees (pinned: 30 60)")
     synth.add_argument("--hfov", type=float, default=None, help="horizontal field of view in degrees (pinned: 70)")
+    user = synth.add_argument_group("a user's orthophoto (small or odd-shaped areas)")
+    user.add_argument("--test-area", default=None, metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX|FILE.geojson",
+                      help="hold out this area as the test split: a lat/lon box or a GeoJSON (Multi)Polygon, Feature "
+                      "or FeatureCollection in WGS84")
+    user.add_argument("--clearance-m", type=float, default=None,
+                      help="minimum gap between the tile squares of different splits (default: half a tile side)")
+    user.add_argument("--split-layout", default="auto", choices=("auto", "bands", "blocks"),
+                      help="without --test-area: train/val/test bands along the longer axis, or a checkerboard of "
+                      "blocks (auto: bands, else blocks)")
+    user.add_argument("--view-validity", default=None, choices=("frame", "query"),
+                      help="what must be valid imagery in a drone view: the whole frame, or only the ground square "
+                      "a pose-aware query shows (default: query for --orthophoto, frame for the synthetic world)")
     synth.add_argument("--no-appearance", action="store_true",
                        help="skip the colour/haze/blur/noise/JPEG changes (not the pinned difficulty)")
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
@@ -77,6 +89,54 @@ def _parse_corners(values: list[str] | None, option: str) -> list[tuple[float, f
     return corners
 
 
+def _test_area(value: str) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """--test-area as rings of (lon, lat): a LAT_MIN,LON_MIN,LAT_MAX,LON_MAX box or a GeoJSON file."""
+    parts = value.split(",")
+    if len(parts) == 4 and not value.lower().endswith((".json", ".geojson")):
+        try:
+            lat_min, lon_min, lat_max, lon_max = (float(p) for p in parts)
+        except ValueError:
+            raise MeanlocError(f"--test-area expects LAT_MIN,LON_MIN,LAT_MAX,LON_MAX or a GeoJSON file, got '{value}'") from None
+        if not (lat_min < lat_max and lon_min < lon_max):
+            raise MeanlocError(f"--test-area box must have LAT_MIN < LAT_MAX and LON_MIN < LON_MAX, got '{value}'")
+        return (((lon_min, lat_min), (lon_max, lat_min), (lon_max, lat_max), (lon_min, lat_max)),)
+    import json
+
+    try:
+        with open(value, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except FileNotFoundError:
+        raise MeanlocError(f"--test-area: {value} not found (give a GeoJSON file or LAT_MIN,LON_MIN,LAT_MAX,LON_MAX)") from None
+    except (OSError, ValueError) as exc:
+        raise MeanlocError(f"--test-area: cannot read {value} as GeoJSON ({exc})") from None
+    rings = _geojson_rings(payload)
+    if not rings:
+        raise MeanlocError(f"--test-area: {value} holds no Polygon or MultiPolygon")
+    return rings
+
+
+def _geojson_rings(payload) -> tuple:
+    """Every ring of every (Multi)Polygon in a GeoJSON geometry, Feature or FeatureCollection."""
+    if not isinstance(payload, dict):
+        return ()
+    kind = payload.get("type")
+    if kind == "FeatureCollection":
+        return tuple(ring for feature in payload.get("features") or [] for ring in _geojson_rings(feature))
+    if kind == "Feature":
+        return _geojson_rings(payload.get("geometry") or {})
+    polygons = {"Polygon": [payload.get("coordinates")], "MultiPolygon": payload.get("coordinates")}.get(kind) or []
+    rings = []
+    for polygon in polygons:
+        for ring in polygon or []:
+            try:
+                points = tuple((float(p[0]), float(p[1])) for p in ring)
+            except (TypeError, ValueError, IndexError):
+                raise MeanlocError("--test-area: a GeoJSON ring is not a list of [lon, lat] positions") from None
+            if len(points) >= 3:
+                rings.append(points)
+    return tuple(rings)
+
+
 def _load_orthophoto(path: str, corners: list[tuple[float, float]] | None):
     from meanloc.runtime.geo.orthophoto import Orthophoto
 
@@ -92,6 +152,10 @@ def _synth(args: argparse.Namespace) -> int:
         raise MeanlocError("--corners needs --orthophoto")
     if args.drone_orthophoto is not None and args.orthophoto is None:
         raise MeanlocError("--drone-orthophoto needs --orthophoto (the synthetic world has its own second date)")
+    if args.orthophoto is None and (args.test_area or args.clearance_m is not None or args.split_layout != "auto"):
+        raise MeanlocError("--test-area, --clearance-m and --split-layout apply to --orthophoto (the synthetic world "
+                           "is generated to fit its train/val/test bands)")
+    validity = args.view_validity or ("frame" if args.orthophoto is None else "query")
     config = preset_config(
         args.preset, seed=args.seed, views_train=args.views_per_location, views_eval=args.eval_views,
         tile_px=args.tile_px, view_aspect=args.view_aspect, tile_side_m=args.tile_side_m, spacing_m=args.spacing_m, n_train=args.train,
@@ -99,7 +163,9 @@ def _synth(args: argparse.Namespace) -> int:
         workers=args.workers, cross_source=False if args.same_source else None,
         altitude_m=tuple(args.altitude) if args.altitude else None,
         pitch_deg=tuple(args.pitch) if args.pitch else None, hfov_deg=args.hfov,
-        appearance=False if args.no_appearance else None,
+        appearance=False if args.no_appearance else None, validity=validity,
+        clearance_m=args.clearance_m, split_layout=args.split_layout,
+        test_area_lonlat=_test_area(args.test_area) if args.test_area else None,
     )
     from meanloc.runtime.run_folder import folder_lock, lock_path_for
 
@@ -129,7 +195,7 @@ def _synth_locked(args: argparse.Namespace, config) -> int:
             sources, plan = user_sources(config, satellite, drone)
     for warning in caught:
         print(f"meanloc: warning: {warning.message}", file=sys.stderr)
-    total = plan.rows * sum(plan.columns)
+    total = plan.count
     with tqdm(total=total, desc="locations", unit="loc") as bar:
         manifest = write_dataset(args.out, config, sources, plan, overwrite=args.overwrite, progress=bar.update)
     counts = manifest["statistics"]["counts"]

@@ -143,6 +143,17 @@ def evaluate_retrieval(
     }
 
 
+def mean_pairwise_cosine(features: np.ndarray) -> float:
+    """Mean cosine between different embeddings: near 1 for a collapsed model (every image the same
+    direction), so a report shows when its recall is that of a constant function."""
+    normalised = l2_normalise(np.asarray(features, dtype=np.float64))
+    count = len(normalised)
+    if count < 2:
+        return 0.0
+    total = normalised.sum(axis=0)
+    return float((total @ total - count) / (count * (count - 1)))
+
+
 def torch_embed_fn(model: Any, device: Any = None) -> EmbedFn:
     """`model.embed` under torch.no_grad (the caller puts the model in eval mode)."""
     import torch
@@ -278,7 +289,9 @@ def evaluate_model(
             query = cache.embed(eval_split.query_paths, f"{name}: queries", drone=drone_queries)
             metrics = evaluate_retrieval(eval_split, query, gallery, protocols)
             data = eval_split.summary()
-            data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable))
+            data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable),
+                        query_mean_cosine=round(mean_pairwise_cosine(query.features), 5),
+                        gallery_mean_cosine=round(mean_pairwise_cosine(gallery.features), 5))
             for protocol, values in metrics.items():
                 results.append(
                     {

@@ -101,6 +101,18 @@ def cda_loss(sat_aligned: torch.Tensor, drone_aligned: torch.Tensor, duplicate_m
     return 2.0 * one_minus_cos if duplicate_mse_term else one_minus_cos
 
 
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between different rows (no gradient): near 1 when the embeddings have collapsed
+    to one direction, near 0 when they spread over the sphere. The collapse guard logs it."""
+    with torch.no_grad():
+        normalized = F.normalize(embeddings.float(), dim=1)
+        count = normalized.shape[0]
+        if count < 2:
+            return normalized.new_zeros(())
+        total = normalized.sum(dim=0)
+        return (total @ total - count) / (count * (count - 1))  # |sum|^2 = n + sum_{i != j} cos_ij
+
+
 def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """log E_{i<j} exp(-t·|ê_i − ê_j|²) over the batch (Wang & Isola 2020): 0 when all embeddings
     coincide, about -4 when they spread over the sphere.
@@ -179,5 +191,7 @@ class MeanLoss(nn.Module):
             "uniformity": uniformity.detach(),
             "loss": shared.detach() * world_size,
             "logit_scale": logit_scale.detach().exp(),
+            # Over the global batch, both views: the collapse guard's spread signal.
+            "embedding_cosine": 0.5 * (mean_pairwise_cosine(global_sat) + mean_pairwise_cosine(global_drone)),
         }
         return shared * world_size, parts

@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from .config import build_config, cli_overrides, read_yaml_config
 
     config = build_config(read_yaml_config(args.config) if args.config else {}, cli_overrides(args))
+    if config.dataset == "synthetic" and config.img_size is None:
+        from .config import SYNTHETIC_DEFAULT_PX
+        from .data.query_images import dataset_input_px
+
+        config.img_size = dataset_input_px(config.data_root, SYNTHETIC_DEFAULT_PX)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
@@ -41,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     def data_factory(cfg, ctx):
         img_size = cfg.img_size or PRESETS[cfg.preset].img_size
-        data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
+        if cfg.objective == "ssl":
+            from .ssl_pairs import SatelliteCropPairs
+
+            data = SatelliteCropPairs(cfg, img_size)
+        else:
+            data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
         validator = retrieval_validator(cfg) if cfg.selection == "val" else None
         return data, validator
 

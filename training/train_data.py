@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.images import BadImages, ImageError, probe_image, read_image
+from meanloc.runtime.localize.synthetic import sensor_preset
 
 from .cached_pairs import CachedPairs
 from .config import TrainConfig
@@ -69,7 +70,8 @@ class RamPairs(_SampledPairs):
     def __init__(self, split: TrainSplit, config: TrainConfig, img_size: int, progress: bool) -> None:
         super().__init__(split, config)
         self.cache = CachedPairs(split.pairs, img_size, augment=config.augment, progress=progress,
-                                 query_view=self.query_view, skip_bad_images=config.skip_bad_images)
+                                 query_view=self.query_view, skip_bad_images=config.skip_bad_images,
+                                 attitude_noise=sensor_preset(config.attitude_noise))
 
     def iterate(self, batches: list[list[int]], epoch: int) -> Iterator[Batch]:
         for batch in batches:
@@ -119,6 +121,8 @@ def vet_training_images(split: TrainSplit, skip_bad_images: bool, progress: bool
 
 
 def load_train_data(config: TrainConfig, img_size: int, progress: bool = False) -> DiskPairs | RamPairs:
+    if config.attitude_noise != "ideal" and not config.cache_images:
+        raise MeanlocError("--attitude-noise re-rectifies the cached views: it needs --cache-images")
     # 'synthetic' reads the University-1652 layout the generator writes.
     split = load_train_pairs(config.data_root, config.dataset, config.altitude)
     split = vet_training_images(split, config.skip_bad_images, progress)

@@ -3,11 +3,16 @@
 One optimiser step = one global class-unique batch (split across DDP ranks) -> forward both
 views -> MeanLoss -> (scaled) backward -> unscale -> clip by value -> step -> per-step schedule.
 
+The learning-rate schedule is fixed once (`schedule.py`): by steps, or from the step rate measured
+once at the start of a time budget; a wall-clock budget only decides where training stops. So a
+step budget gives the same run on an idle and on a loaded machine. The collapse guard
+(`collapse.py`) watches the loss and the embeddings' spread, and model selection only accepts a
+validation result that beats chance.
+
 Exact resume (`--resume`): the checkpoint's train_state holds the optimiser, scheduler and
 GradScaler states, the step/epoch counters, the current epoch's batch order and position, and
 the Python/NumPy/torch RNG states, so on CPU the resumed run draws the same augmentations and
-dropout masks as the uninterrupted one and its next loss is identical. (Not under
-`--max-minutes`: there the schedule's length follows the measured step rate.)
+dropout masks as the uninterrupted one and its next loss is identical.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_text, ens
 from meanloc.runtime.query_view import QueryView
 
 from .checkpoint import load_checkpoint, load_imagenet_backbone, save_checkpoint
+from .collapse import CollapseGuard, TrainingCollapsedError
 from .config import TrainConfig
 from .distributed import (
     DistContext,
@@ -44,9 +51,16 @@ from .distributed import (
 )
 from .losses import LossOptions, LossWeights, MeanLoss, default_loss_weights
 from .model import MEAN, MeanConfig, ViewOutputs, build_model, resolve_config
+from .schedule import (
+    RATE_PROBE_SKIP,
+    RATE_PROBE_STEPS,
+    CosineWithWarmup,
+    SchedulePlan,
+    initial_plan,
+    plan_from_rate,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # satellite, drone, labels
-BUDGET_CHECK_STEPS = 10  # with --max-minutes, re-fit the schedule to the budget this often
 
 
 class TrainData(Protocol):
@@ -98,24 +112,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- optimiser and schedule -----------------------------------------------------------------------
-
-
-class CosineWithWarmup:
-    """HF get_cosine_schedule_with_warmup's multiplier: 0 -> 1 linearly, then half-cosine to 0.
-
-    A callable object (not a lambda) so LambdaLR's state_dict saves `warmup`/`total`; `total` may
-    be re-estimated once when training runs to a wall-clock budget.
-    """
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup = warmup
-        self.total = total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return step / max(1, self.warmup)
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def build_optimizer(model: MEAN, config: TrainConfig) -> torch.optim.AdamW:
@@ -226,6 +222,8 @@ class TrainResult:
     final_loss: float
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    stopped_by_budget: bool = False  # the wall-clock budget ended the run before its schedule did
 
 
 Validator = Callable[[MEAN], dict[str, float]]
@@ -249,6 +247,8 @@ class Trainer:
         self.model = resumed.model if resumed else build_model(self.model_config)
         if config.pretrained and not resumed:
             load_imagenet_backbone(self.model, config.pretrained)
+        if config.init_checkpoint and not resumed:
+            self._load_initial_weights(config.init_checkpoint)
         freeze_unused_parameters(self.model)
         self.model.to(self.ctx.device)
 
@@ -270,11 +270,9 @@ class Trainer:
         first_epoch = data.epoch_batches(0)
         if not first_epoch:
             raise MeanlocError(f"not enough classes for one batch of {config.batch_size} distinct classes")
-        total = config.epochs * len(first_epoch)
-        if config.max_steps:
-            total = min(total, config.max_steps)
-        self.max_schedule_steps = total
-        self.schedule = CosineWithWarmup(round(config.warmup_ratio * total), total)
+        self.plan = initial_plan(config.epochs * len(first_epoch), config.max_steps, config.max_minutes,
+                                 config.warmup_ratio)
+        self.schedule = CosineWithWarmup(self.plan.warmup, self.plan.total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.use_amp = config.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", init_scale=config.grad_scaler_init, enabled=self.use_amp)
@@ -285,11 +283,15 @@ class Trainer:
         self.epoch_order: list[list[int]] | None = None
         self.best_metric = -math.inf
         self.elapsed_before = 0.0
-        self.budget_fixed = False
         self.rng_to_restore: dict[str, Any] | None = None
         self.started: float | None = None  # monotonic time when fit() began
         if resumed:
             self._load_train_state(resumed.train_state, config.resume)
+        self.guard = CollapseGuard(config.batch_size, min_step=max(50, self.schedule.warmup))
+        self.validations = 0
+        self.last_checkpoint_step = self.step
+        self.best_r1_seen = -math.inf  # for the message when no validation beat chance
+        self.chance_r1 = math.nan
 
         self.out_dir = ensure_writable_dir(config.out_dir)
 
@@ -298,10 +300,29 @@ class Trainer:
     def _model_config(self) -> MeanConfig:
         overrides: dict[str, Any] = {"num_classes": self.config.num_classes or self.data.num_classes,
                                      "fat_double_softmax": self.config.fat_double_softmax,
-                                     "query_ground_side_m": self.data.query_view.ground_side_m}
+                                     "query_ground_side_m": self.data.query_view.ground_side_m,
+                                     "query_fill": self.data.query_view.fill}
         if self.config.img_size:
             overrides["img_size"] = self.config.img_size
         return resolve_config(self.config.preset, **overrides)
+
+    def _load_initial_weights(self, path: str) -> None:
+        """Weights of another run (same preset, input size and query view); heads sized by another
+        class count are left as initialised, and named."""
+        source = load_checkpoint(path)
+        if source.config.query_view != self.model_config.query_view or source.config.img_size != self.model_config.img_size:
+            raise MeanlocError(f"{path} was trained at {source.config.img_size} px with queries "
+                               f"'{source.config.query_view.describe()}', this run uses {self.model_config.img_size} px "
+                               f"and '{self.model_config.query_view.describe()}'")
+        own = self.model.state_dict()
+        weights = source.model.state_dict()
+        if set(weights) != set(own):
+            raise MeanlocError(f"{path} is a {source.config.preset} checkpoint; this run trains {self.model_config.preset}")
+        skipped = [key for key in own if weights[key].shape != own[key].shape]
+        self.model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
+        if skipped:
+            print(f"meanloc: --init-checkpoint: {len(skipped)} tensors sized for another class count start fresh "
+                  f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})", file=sys.stderr)
 
     def _loss_weights(self) -> LossWeights:
         default = default_loss_weights(self.config.dataset)
@@ -322,7 +343,8 @@ class Trainer:
             "epoch_order": torch.tensor(self.epoch_order or [], dtype=torch.int64),
             "best_metric": self.best_metric,
             "elapsed_s": self.elapsed_before + (time.monotonic() - self.started if self.started else 0.0),
-            "budget_fixed": self.budget_fixed,
+            "schedule_fixed": self.plan.fixed,
+            "schedule_basis": self.plan.basis,
             "world_size": self.ctx.world_size,
             "rng": capture_rng_state(),
         }
@@ -340,7 +362,10 @@ class Trainer:
         self.epoch_order = order.tolist() if order.numel() else None
         self.best_metric = state["best_metric"]
         self.elapsed_before = state["elapsed_s"]
-        self.budget_fixed = state["budget_fixed"]
+        # The restored scheduler holds the warm-up and length the interrupted run had fixed.
+        fixed = bool(state.get("schedule_fixed", state.get("budget_fixed", True)))
+        self.plan = SchedulePlan(self.schedule.total, self.schedule.warmup,
+                                 state.get("schedule_basis", self.plan.basis), fixed)
         self.rng_to_restore = state["rng"]
 
     def save(self, name: str, metrics: dict[str, Any] | None = None) -> Path:
@@ -354,8 +379,7 @@ class Trainer:
     # -- the loop --
 
     def _out_of_budget(self) -> bool:
-        if self.config.max_steps and self.step >= self.config.max_steps:
-            return True
+        """The wall-clock budget is spent (it ends the run; it never changes the schedule)."""
         if self.config.max_minutes is None:
             return False
         return self._elapsed() >= 60 * self.config.max_minutes
@@ -368,28 +392,26 @@ class Trainer:
             elapsed = float(value)
         return elapsed
 
-    def _fit_schedule_to_budget(self, steps_timed: int, seconds: float) -> None:
-        """Fit the cosine's end to the wall-clock budget from the recent step rate.
-
-        Called every few steps, so a slow start (thread warm-up, a busy machine) does not fix a
-        too-short schedule; the warmup length is fixed at the first estimate.
-        """
-        if self.config.max_minutes is None:
-            return
+    def _fix_schedule_from_rate(self, steps_timed: int, seconds: float, log: MetricsLog) -> None:
+        """Once, at the start of a time budget: turn the measured step rate into the schedule's length."""
+        rate = steps_timed / max(seconds, 1e-9)
         remaining = 60 * self.config.max_minutes - self._elapsed()
-        affordable = self.step + int(0.98 * remaining * steps_timed / max(seconds, 1e-9))
-        if self.ctx.is_distributed:  # rank 0's estimate for all: every rank must keep the same schedule
-            value = torch.tensor([affordable])
+        plan = plan_from_rate(self.plan, self.step, rate, remaining, self.config.warmup_ratio)
+        if self.ctx.is_distributed:  # rank 0's plan for all: every rank must keep the same schedule
+            value = torch.tensor([plan.total, plan.warmup])
             torch.distributed.broadcast(value, src=0)
-            affordable = int(value)
-        self.schedule.total = max(self.step + 1, min(self.max_schedule_steps, affordable))
-        if not self.budget_fixed:
-            self.schedule.warmup = min(self.schedule.warmup, round(self.config.warmup_ratio * self.schedule.total))
-            self.budget_fixed = True
+            plan = SchedulePlan(int(value[0]), int(value[1]), plan.basis, True, plan.steps_per_second)
+        self.plan = plan
+        self.schedule.total, self.schedule.warmup = plan.total, plan.warmup
+        self.guard.min_step = max(50, plan.warmup)
+        log.write({"event": "schedule", "step": self.step, **plan.to_record()})
 
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to the end of the schedule (or budget); `until_step` pauses earlier, checkpointed and
-        resumable, without changing the schedule (a pre-empted job)."""
+        resumable, without changing the schedule (a pre-empted job).
+
+        Raises TrainingCollapsedError (after writing last.pt and the log) when the collapse guard
+        saw the loss stuck at ln(B) at the end, or when no validation result beat chance."""
         config, ctx = self.config, self.ctx
         if ctx.is_main and not config.resume:
             for name in EARLIER_RUN_LEFTOVERS:
@@ -404,14 +426,16 @@ class Trainer:
             log.write({"event": "start", "seed": config.seed, "step": self.step, "world_size": ctx.world_size,
                        "resumed_from": config.resume or None, "loss_weights": vars(self.weights),
                        "model_config": self.model_config.to_dict(), "device": str(ctx.device)})
+            if self.plan.fixed:
+                log.write({"event": "schedule", "step": self.step, **self.plan.to_record()})
         self.started = time.monotonic()
         history: list[dict[str, Any]] = []
         progress = _progress_bar(config.progress and ctx.is_main, self.schedule.total, self.step)
-        images_seen, timing_start, timed_steps = 0, time.monotonic(), 0
-        window_start = timing_start
+        images_seen, timing_start = 0, time.monotonic()
+        steps_this_run, probe_start = 0, None
         last_loss = math.nan
         best_path: Path | None = None
-        stop = False
+        stop = stopped_by_budget = False
         while self.epoch < config.epochs and not stop:
             if self.epoch_order is None:
                 self.epoch_order = self.data.epoch_batches(self.epoch)
@@ -425,13 +449,14 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 images_seen += 2 * labels.shape[0] * ctx.world_size
-                timed_steps += 1
-                if timed_steps % BUDGET_CHECK_STEPS == 0:  # rate over the last window only
-                    now = time.monotonic()
-                    self._fit_schedule_to_budget(BUDGET_CHECK_STEPS, now - window_start)
-                    window_start = now
-                    if progress is not None:
-                        progress.total = self.schedule.total
+                steps_this_run += 1
+                if not self.plan.fixed:  # a time budget: measure the step rate once, then fix the schedule
+                    if steps_this_run == RATE_PROBE_SKIP:
+                        probe_start = time.monotonic()
+                    elif steps_this_run == RATE_PROBE_SKIP + RATE_PROBE_STEPS and probe_start is not None:
+                        self._fix_schedule_from_rate(RATE_PROBE_STEPS, time.monotonic() - probe_start, log)
+                        if progress is not None:
+                            progress.total = self.schedule.total
                 if self.step % config.log_every == 0 or self.step == 1:
                     record = {"event": "train", "step": self.step, "epoch": self.epoch,
                               **all_reduce_mean(parts, ctx.world_size),
@@ -439,21 +464,30 @@ class Trainer:
                     last_loss = record["loss"]
                     history.append(record)
                     log.write(record)
+                    self._watch_collapse(record, log)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{float(parts['loss']):.3f}", refresh=False)
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save("last.pt")
-                if self.step >= self.schedule.total or self._out_of_budget() or self.step == until_step:
+                if self.step >= self.schedule.total or self.step == until_step:
                     stop = True
+                    break
+                if self._out_of_budget():
+                    stop = stopped_by_budget = True
                     break
             if self.batch_in_epoch >= len(self.epoch_order):
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.epoch_order = None
+            # A small area gives epochs of a step or two: validate and checkpoint at epoch ends, but
+            # not more often than every `val_every_min_steps` steps (always at the end).
+            if not stop and self.epoch < config.epochs and self.step - self.last_checkpoint_step < config.val_every_min_steps:
+                continue
+            self.last_checkpoint_step = self.step
             metrics = self._validate(log)
             last_path = self.save("last.pt", metrics)
-            if metrics and config.selection == "val" and metrics["r1"] > self.best_metric:
+            if metrics and config.selection == "val" and metrics["above_chance"] and metrics["r1"] > self.best_metric:
                 self.best_metric = metrics["r1"]
                 best_path = self.out_dir / "best.pt"
                 if ctx.is_main:
@@ -461,11 +495,51 @@ class Trainer:
         if progress is not None:
             progress.close()
         elapsed = time.monotonic() - timing_start
-        log.write({"event": "end", "step": self.step, "epoch": self.epoch, "elapsed_s": elapsed,
-                   "images_per_s": images_seen / max(elapsed, 1e-9)})
+        end = {"event": "end", "step": self.step, "epoch": self.epoch, "elapsed_s": elapsed,
+               "images_per_s": images_seen / max(elapsed, 1e-9), "schedule_total_steps": self.schedule.total,
+               "stopped_by_budget": stopped_by_budget, "collapsed": self.guard.collapsed}
+        log.write(end)
         log.close()
-        return TrainResult(self.out_dir, self.step, self.epoch, self.out_dir / "last.pt", best_path, last_loss,
-                           images_seen / max(elapsed, 1e-9), history)
+        if stopped_by_budget and ctx.is_main:
+            print(f"meanloc: the {config.max_minutes:g}-minute budget ended training at step {self.step} of the "
+                  f"{self.schedule.total} its schedule planned (learning rate not annealed to 0); a step budget "
+                  "(--max-steps) gives the same run whatever the machine's load", file=sys.stderr)
+        result = TrainResult(self.out_dir, self.step, self.epoch, self.out_dir / "last.pt", best_path, last_loss,
+                             images_seen / max(elapsed, 1e-9), history, self.plan.to_record(), stopped_by_budget)
+        paused = until_step is not None and self.step == until_step and self.step < self.schedule.total
+        if not paused:
+            self._refuse_noise(result)
+        return result
+
+    def _watch_collapse(self, record: dict[str, Any], log: MetricsLog) -> None:
+        event = self.guard.observe(self.step, record["infonce"], record["embedding_cosine"], record["logit_scale"],
+                                   record["lr"])
+        if event is None:
+            return
+        log.write(event)
+        if self.ctx.is_main:
+            if event["event"] == "collapse":
+                print(f"\nmeanloc: warning: training looks collapsed at step {self.step}: {self.guard.describe()}",
+                      file=sys.stderr)
+            else:
+                print(f"\nmeanloc: training left the collapsed state at step {self.step}", file=sys.stderr)
+
+    def _refuse_noise(self, result: TrainResult) -> None:
+        """No silent "best" among noise: a collapsed run or one whose validation never beat chance fails."""
+        config = self.config
+        if self.guard.collapsed:
+            best = (f", {result.best_checkpoint} (validation R@1 {self.best_metric:.2f} %) predates the collapse"
+                    if result.best_checkpoint else "")
+            raise TrainingCollapsedError(
+                f"training collapsed: {self.guard.describe()}; {result.last_checkpoint} is kept for inspection{best} "
+                "(causes and remedies: docs/training.md, 'Collapse')")
+        # (Self-supervised pretraining is not judged by retrieval: its validation is only a transfer curve.)
+        if (config.selection == "val" and config.objective == "supervised" and self.validator is not None
+                and self.validations and not result.best_checkpoint):
+            raise TrainingCollapsedError(
+                f"no validation result beat chance in {self.validations} validations (best R@1 "
+                f"{self.best_r1_seen:.2f} % vs chance {self.chance_r1:.2f} %); {result.last_checkpoint} is kept, "
+                "no best checkpoint was written (docs/training.md, 'Collapse')")
 
     def _optimise(self, sat: torch.Tensor, drone: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         device = self.ctx.device
@@ -484,15 +558,25 @@ class Trainer:
         self.scheduler.step()
         return parts
 
-    def _validate(self, log: MetricsLog) -> dict[str, float]:
+    def _validate(self, log: MetricsLog) -> dict[str, Any]:
         if self.validator is None or not self.ctx.is_main:
             return {}
         rng = capture_rng_state()  # validation must not shift the training random streams
         self.model.eval()
         with torch.no_grad():
-            metrics = self.validator(self.model)
+            metrics = dict(self.validator(self.model))
         self.model.train()
         restore_rng_state(rng)
+        # Selection candidates must beat chance. A validator that cannot say (no chance level, or too
+        # few queries to tell) leaves it to R@1 alone, and says so once.
+        verdict = metrics.get("above_chance")
+        if verdict is None and self.validations == 0 and self.ctx.is_main:
+            print(f"meanloc: warning: the validation split ({metrics.get('queries', '?')} queries) is too small to "
+                  "tell a model from chance; model selection uses R@1 alone", file=sys.stderr)
+        metrics["above_chance"] = (verdict is None or bool(verdict)) and not self.guard.collapsed
+        self.validations += 1
+        self.best_r1_seen = max(self.best_r1_seen, float(metrics.get("r1", -math.inf)))
+        self.chance_r1 = float(metrics.get("chance_r1", math.nan))
         log.write({"event": "val", "step": self.step, "epoch": self.epoch, **metrics})
         return metrics
 

@@ -46,14 +46,18 @@ def _merge_topk(xp: Any, scores: Any, indices: Any, k: int) -> Tuple[Any, Any]:
 
 
 def _sort_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Sort each row by descending score then ascending index; pad to k with -inf / NO_INDEX."""
+    """Sort each row by descending score then ascending index; pad to k with -inf / NO_INDEX.
+
+    Scores are cosines of unit vectors, but a bank stores them in float16: the rounded vectors are
+    unit length only to ~1e-3, so a tile embedded from the query's own image scored 1.0001. The
+    returned scores are clipped to [-1, 1] after ranking (the order still uses the raw products)."""
     n = scores.shape[0]
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
     out_indices = np.full((n, k), NO_INDEX, dtype=np.int64)
     width = min(k, scores.shape[1])
     for i in range(n):
         order = np.lexsort((indices[i], -scores[i]))[:width]
-        out_scores[i, :width] = scores[i, order]
+        out_scores[i, :width] = np.clip(scores[i, order], -1.0, 1.0)
         out_indices[i, :width] = indices[i, order]
     return out_scores, out_indices
 

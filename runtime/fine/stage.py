@@ -44,15 +44,16 @@ class RefineConfig:
     # neighbour is often not the first (bench/RESULTS.md, "local features").
     knn: int = 10
     vote_bin_m: float = 4.0
-    # Rotation hypotheses for the vote (heading error), every `rotation_step_deg` within +-range.
-    rotation_range_deg: float = 15.0
+    # Rotation hypotheses for the vote (heading error), every `rotation_step_deg` within +-range:
+    # a cheap IMU's heading is off by 8 deg (1 sigma) plus a bias of 5.
+    rotation_range_deg: float = 20.0
     rotation_step_deg: float = 5.0
     inlier_threshold_m: Optional[float] = None  # None: 2 pixels of the layer
     min_inliers: int = 15
     min_peak_ratio: float = 1.5
     min_spread_m: float = 15.0
     max_scale_error: float = 0.2
-    max_rotation_deg: float = 20.0
+    max_rotation_deg: float = 25.0
     ratio: float = 0.85  # Lowe ratio for the homography model
     covariance_floor_m: Optional[float] = None  # None: one pixel of the layer, at least 1 m
 

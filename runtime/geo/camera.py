@@ -251,3 +251,38 @@ def _pyramid_level(img_to_src: np.ndarray, u: float, v: float, max_level: int) -
     if scale <= 1.0:
         return 0
     return int(min(max_level, math.floor(math.log2(scale))))
+
+
+def _rotation_zyx(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
+    """Body (forward, right, down) -> NED rotation of aerospace ZYX Euler angles (MAVLink ATTITUDE)."""
+    r, p, y = (math.radians(v) for v in (roll_deg, pitch_deg, yaw_deg))
+    rz = np.array([[math.cos(y), -math.sin(y), 0.0], [math.sin(y), math.cos(y), 0.0], [0.0, 0.0, 1.0]])
+    ry = np.array([[math.cos(p), 0.0, math.sin(p)], [0.0, 1.0, 0.0], [-math.sin(p), 0.0, math.cos(p)]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(r), -math.sin(r)], [0.0, math.sin(r), math.cos(r)]])
+    return rz @ ry @ rx
+
+
+def camera_attitude_from_body(roll_deg: float, pitch_deg: float, yaw_deg: float,
+                              tilt_from_nadir_deg: float) -> Tuple[float, float, float]:
+    """(heading, pitch from nadir, roll about the optical axis) of a camera fixed to the airframe.
+
+    The camera looks forward-down, `tilt_from_nadir_deg` from the body's down axis in its
+    forward-down plane. The vehicle's roll (a bank in a turn) swings its optical axis sideways and
+    rotates the image, its pitch tilts it towards the horizon: this composes the full rotation
+    instead of adding angles, so `rectify_to_ground` sees the camera as it really points."""
+    tau = math.radians(tilt_from_nadir_deg)
+    body_to_ned = _rotation_zyx(roll_deg, pitch_deg, yaw_deg)
+    forward = body_to_ned @ np.array([math.sin(tau), 0.0, math.cos(tau)])
+    right = body_to_ned @ np.array([0.0, 1.0, 0.0])
+
+    def enu(v: np.ndarray) -> np.ndarray:
+        return np.array([v[1], v[0], -v[2]])
+
+    z_c, x_a = enu(forward), enu(right)
+    pitch = math.degrees(math.acos(max(-1.0, min(1.0, -z_c[2]))))
+    heading = math.degrees(math.atan2(z_c[0], z_c[1])) % 360.0
+    psi = math.radians(heading)
+    x_c = np.array([math.cos(psi), -math.sin(psi), 0.0])
+    y_c = np.cross(z_c, x_c)
+    roll = math.degrees(math.atan2(float(x_a @ y_c), float(x_a @ x_c)))
+    return heading, pitch, roll

@@ -17,7 +17,7 @@ Python 3.8 compatible and torch-free (onboard code cuts bank tiles with it).
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -182,8 +182,16 @@ class Orthophoto:
             "width_px": self.width, "height_px": self.height, "crs": self.crs, "gsd_m": self.gsd,
             "transform": self.transform.tolist(), "north_up": self.is_north_up,
             "center_lonlat": [float(lon), float(lat)], "valid_fraction": float(self.valid.mean()),
+            "bounds_world": list(self.bounds_world()), "bounds_lonlat": self.bounds_lonlat(),
+            "size_m": [self.width * self.gsd, self.height * self.gsd],
             "source": self.source, "source_sha256": self.source_sha256,
         }
+
+    def bounds_lonlat(self) -> List[float]:
+        """[lon_min, lat_min, lon_max, lat_max] of the raster's four outer corners (WGS84)."""
+        x, y = self.pixel_to_world([0, self.width, self.width, 0], [0, 0, self.height, self.height])
+        lon, lat = self.world_to_lonlat(x, y)
+        return [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
 
     # -- coordinate conversions -------------------------------------------------------------
     def pixel_to_world(self, cols: Any, rows: Any) -> Tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,7 @@ class Frame:
     pitch_deg: Optional[float] = None  # camera pitch from nadir
     roll_deg: Optional[float] = None
     hfov_deg: Optional[float] = None  # the lens's horizontal field of view
+    altitude_amsl_m: Optional[float] = None  # barometric altitude above sea level (for --dem)
 
 
 @dataclass

@@ -3,17 +3,18 @@
 A pose-aware model rectifies every frame with the camera's attitude and height above ground.
 Video files and plain cameras carry none, and a fixed `--heading` is wrong after the first turn.
 With `meanloc localize --telemetry URL` a background thread listens to the autopilot, and every
-frame is stamped, when it is read, with the latest state no older than `max_age_s` (older state
-counts as unknown, so the frame falls back to the fixed `--camera-*` values or is skipped):
+frame is stamped with the attitude *at its capture time*: ATTITUDE arrives at 10-50 Hz, not with
+the frame, so the samples around the frame's timestamp (read time minus the camera's latency) are
+interpolated (`AttitudeHistory`; heading along the shorter arc). State older than `max_age_s`
+counts as unknown, so the frame falls back to the fixed `--camera-*` values or is skipped:
 
-* heading and pitch. A camera fixed to the airframe (`mount="body"`) looks along the vehicle's
-  yaw (ATTITUDE), tilted `mount_pitch_deg` from nadir plus the vehicle's pitch (nose up tilts it
-  towards the horizon). A gimbal (`mount="gimbal"`) reports its own attitude:
-  GIMBAL_DEVICE_ATTITUDE_STATUS (gimbal protocol v2: pitch from the horizon, yaw in the earth or
-  the vehicle frame as its flags say) or ArduPilot's MOUNT_ORIENTATION.
-* roll is left at 0: the camera model rotates about the optical axis only, and a bank in a turn
-  tilts a body-fixed camera sideways instead (it shifts the look-at point by h * tan(bank); the
-  filter's gate absorbs such fixes).
+* heading, pitch and roll. A camera fixed to the airframe (`mount="body"`), tilted
+  `mount_pitch_deg` from nadir, turns with the whole vehicle attitude (ATTITUDE): the full
+  rotation is composed (`camera_attitude_from_body`), so a bank in a turn swings its view sideways
+  and rolls the image, and rectification undoes both. A gimbal (`mount="gimbal"`) reports its own
+  attitude: GIMBAL_DEVICE_ATTITUDE_STATUS (gimbal protocol v2: pitch from the horizon, yaw in the
+  earth or the vehicle frame as its flags say, roll about the optical axis) or ArduPilot's
+  MOUNT_ORIENTATION.
 * height above ground: a downward rangefinder (DISTANCE_SENSOR, orientation PITCH_270, reading
   inside its range, corrected for the vehicle's tilt), else GLOBAL_POSITION_INT.relative_alt,
   the height above home, which is right over ground at home's elevation.
@@ -24,11 +25,13 @@ DISTANCE_SENSOR; or route them with mavlink-router / mavproxy `--out udp:<jetson
 Python 3.8 compatible; pymavlink is imported only when telemetry is used.
 """
 
+import bisect
+import collections
 import dataclasses
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 from meanloc.errors import MeanlocError, MissingDependencyError
 
@@ -50,6 +53,55 @@ class CameraState:
     heading_deg: Optional[float] = None
     pitch_deg: Optional[float] = None  # from nadir
     altitude_m: Optional[float] = None  # above ground
+    roll_deg: Optional[float] = None  # about the optical axis
+    altitude_amsl_m: Optional[float] = None  # GLOBAL_POSITION_INT.alt, for --dem
+
+
+def interpolate_angle_deg(a: float, b: float, fraction: float) -> float:
+    """Angle between `a` and `b` at `fraction` along the shorter arc, in [0, 360)."""
+    delta = (b - a + 180.0) % 360.0 - 180.0
+    return (a + fraction * delta) % 360.0
+
+
+class AttitudeHistory:
+    """Timestamped (heading, pitch, roll) samples; `at(t)` interpolates to a frame's timestamp.
+
+    Samples must arrive in time order (a late one is dropped). Between two samples the heading is
+    interpolated along the shorter arc and pitch and roll linearly; after the last sample it is
+    held for at most `max_hold_s`; before the first, or across a gap longer than `max_gap_s`, the
+    attitude is unknown (None)."""
+
+    def __init__(self, max_samples: int = 512, max_gap_s: float = 1.0, max_hold_s: float = 0.25) -> None:
+        self._times: Deque[float] = collections.deque(maxlen=max_samples)
+        self._values: Deque[Tuple[float, float, float]] = collections.deque(maxlen=max_samples)
+        self.max_gap_s = max_gap_s
+        self.max_hold_s = max_hold_s
+        self._lock = threading.Lock()
+
+    def add(self, t: float, heading_deg: float, pitch_deg: float, roll_deg: float) -> None:
+        with self._lock:
+            if self._times and t <= self._times[-1]:
+                return
+            self._times.append(float(t))
+            self._values.append((float(heading_deg) % 360.0, float(pitch_deg), float(roll_deg)))
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def at(self, t: float) -> Optional[Tuple[float, float, float]]:
+        with self._lock:
+            times, values = list(self._times), list(self._values)
+        if not times or t < times[0]:
+            return None
+        index = bisect.bisect_right(times, t)
+        if index == len(times):
+            return values[-1] if t - times[-1] <= self.max_hold_s else None
+        t0, t1 = times[index - 1], times[index]
+        if t1 - t0 > self.max_gap_s:
+            return None
+        fraction = (t - t0) / (t1 - t0)
+        (h0, p0, r0), (h1, p1, r1) = values[index - 1], values[index]
+        return interpolate_angle_deg(h0, h1, fraction), p0 + fraction * (p1 - p0), r0 + fraction * (r1 - r0)
 
 
 def _quaternion_to_euler_deg(q: Any) -> Tuple[float, float, float]:
@@ -65,7 +117,7 @@ class TelemetryState:
     """The latest message of each kind, and the camera state they give (thread-safe, no I/O)."""
 
     def __init__(self, mount: str = "body", mount_pitch_deg: Optional[float] = None, max_age_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, latency_s: float = 0.0) -> None:
         if mount not in MOUNTS:
             raise MeanlocError("camera mount must be one of {}, not {!r}".format(", ".join(MOUNTS), mount))
         if mount == "body" and mount_pitch_deg is None:
@@ -77,15 +129,21 @@ class TelemetryState:
         self._lock = threading.Lock()
         self._latest: Dict[str, Tuple[float, Any]] = {}
         self.messages = 0
+        self.latency_s = latency_s  # from the frame's exposure to reading it
+        # Vehicle attitude (roll, pitch, yaw of ATTITUDE) over time, to interpolate at capture times.
+        self.vehicle = AttitudeHistory(max_gap_s=max_age_s, max_hold_s=max_age_s)
 
     def update(self, message: Any) -> None:
         kind = message.get_type()
         if kind == "DISTANCE_SENSOR" and message.orientation != ROTATION_DOWNWARD:
             return
         if kind in MESSAGES:
+            now = self._clock()
             with self._lock:
-                self._latest[kind] = (self._clock(), message)
+                self._latest[kind] = (now, message)
                 self.messages += 1
+            if kind == "ATTITUDE":  # stored as (yaw, pitch, roll) in degrees
+                self.vehicle.add(now, math.degrees(message.yaw), math.degrees(message.pitch), math.degrees(message.roll))
 
     def _fresh(self, kind: str) -> Any:
         with self._lock:
@@ -94,26 +152,39 @@ class TelemetryState:
             return None
         return entry[1]
 
-    def camera(self) -> CameraState:
+    def clock(self) -> float:
+        return self._clock()
+
+    def camera(self, capture_time: Optional[float] = None) -> CameraState:
+        """The camera state at `capture_time` (telemetry clock; default: now minus the latency)."""
+        t = self._clock() - self.latency_s if capture_time is None else capture_time
         vehicle = self._fresh("ATTITUDE")
-        heading, pitch = self._body_camera(vehicle) if self.mount == "body" else self._gimbal_camera(vehicle)
+        attitude = self.vehicle.at(t)  # (yaw, pitch, roll) of the vehicle interpolated to the capture time
+        if self.mount == "body":
+            heading, pitch, roll = self._body_camera(attitude)
+        else:
+            heading, pitch, roll = self._gimbal_camera(None if attitude is None else attitude[0])
+        position = self._fresh("GLOBAL_POSITION_INT")
         return CameraState(heading_deg=None if heading is None else heading % 360.0, pitch_deg=pitch,
-                           altitude_m=self._height_above_ground(vehicle))
+                           altitude_m=self._height_above_ground(vehicle), roll_deg=roll,
+                           altitude_amsl_m=None if position is None else position.alt / 1000.0)
 
-    def _body_camera(self, vehicle: Any) -> Tuple[Optional[float], Optional[float]]:
-        if vehicle is None or self.mount_pitch_deg is None:
-            return None, None
-        return math.degrees(vehicle.yaw), self.mount_pitch_deg + math.degrees(vehicle.pitch)
+    def _body_camera(self, attitude: Optional[Tuple[float, float, float]]) -> Tuple[Optional[float], ...]:
+        if attitude is None or self.mount_pitch_deg is None:
+            return None, None, None
+        from ..geo.camera import camera_attitude_from_body
 
-    def _gimbal_camera(self, vehicle: Any) -> Tuple[Optional[float], Optional[float]]:
-        vehicle_yaw = None if vehicle is None else math.degrees(vehicle.yaw)
+        yaw, pitch, roll = attitude
+        return camera_attitude_from_body(roll, pitch, yaw, self.mount_pitch_deg)
+
+    def _gimbal_camera(self, vehicle_yaw: Optional[float]) -> Tuple[Optional[float], ...]:
         status = self._fresh("GIMBAL_DEVICE_ATTITUDE_STATUS")
         if status is not None:
-            _, pitch, yaw = _quaternion_to_euler_deg(status.q)
+            roll, pitch, yaw = _quaternion_to_euler_deg(status.q)
             earth_frame = bool(status.flags & GIMBAL_YAW_IN_EARTH_FRAME) or (
                 bool(status.flags & GIMBAL_YAW_LOCK) and not status.flags & GIMBAL_YAW_IN_VEHICLE_FRAME)
             heading = yaw if earth_frame else None if vehicle_yaw is None else vehicle_yaw + yaw
-            return heading, 90.0 + pitch  # gimbal pitch is from the horizon, -90 = straight down
+            return heading, 90.0 + pitch, roll  # gimbal pitch is from the horizon, -90 = straight down
         mount = self._fresh("MOUNT_ORIENTATION")
         if mount is not None:
             absolute = float(mount.yaw_absolute)
@@ -121,8 +192,8 @@ class TelemetryState:
                 heading: Optional[float] = absolute
             else:
                 heading = None if vehicle_yaw is None else vehicle_yaw + float(mount.yaw)
-            return heading, 90.0 + float(mount.pitch)
-        return None, None
+            return heading, 90.0 + float(mount.pitch), float(mount.roll)
+        return None, None, None
 
     def _height_above_ground(self, vehicle: Any) -> Optional[float]:
         ranger = self._fresh("DISTANCE_SENSOR")
@@ -142,6 +213,8 @@ def stamp(frame: Frame, camera: CameraState) -> Frame:
         heading_deg=camera.heading_deg if frame.heading_deg is None else frame.heading_deg,
         pitch_deg=camera.pitch_deg if frame.pitch_deg is None else frame.pitch_deg,
         altitude_m=camera.altitude_m if frame.altitude_m is None else frame.altitude_m,
+        roll_deg=camera.roll_deg if frame.roll_deg is None else frame.roll_deg,
+        altitude_amsl_m=camera.altitude_amsl_m if frame.altitude_amsl_m is None else frame.altitude_amsl_m,
     )
 
 
@@ -207,7 +280,7 @@ class MavlinkListener:
 
 
 def with_telemetry(source: FrameSource, url: str, mount: str, mount_pitch_deg: Optional[float],
-                   max_age_s: float = 1.0) -> TelemetryStampedSource:
+                   max_age_s: float = 1.0, latency_s: float = 0.0) -> TelemetryStampedSource:
     """`source` stamped with live MAVLink telemetry from `url` (the listener closes with the source)."""
-    state = TelemetryState(mount, mount_pitch_deg, max_age_s)
+    state = TelemetryState(mount, mount_pitch_deg, max_age_s, latency_s=latency_s)
     return TelemetryStampedSource(source, state, MavlinkListener(url, state))

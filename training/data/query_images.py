@@ -37,6 +37,16 @@ def read_query_image(path: str | Path, view: QueryView, size_px: int) -> np.ndar
     return prepare_query(image, view, attitude, size_px)
 
 
+def dataset_input_px(data_root: str | Path, fallback: int) -> int:
+    """The network input side a synthesised dataset recommends (`meanloc data synth` chooses it by
+    the orthophoto's ground resolution), or `fallback` for datasets without one."""
+    try:
+        payload = json.loads((Path(data_root) / "dataset.json").read_text())
+        return int(payload["recommended_input_px"]["pixels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback
+
+
 def dataset_query_view(data_root: str | Path, pose_aware: bool) -> QueryView:
     """Pose-aware queries are cut at the dataset's satellite tile side (from its dataset.json)."""
     if not pose_aware:

@@ -40,6 +40,9 @@ class MeanConfig:
     # Pose-aware queries (meanloc.runtime.query_view): drone frames rectified to a north-up ground
     # square of this side before embedding; None = frames as captured, as MEAN is published.
     query_ground_side_m: float | None = None
+    # How the uncovered part of a rectified query is filled (runtime.query_view.FILLS); checkpoints
+    # written before this field existed used black.
+    query_fill: str = "black"
     quirks_note: str = field(default="faithful", compare=False)
 
     @property
@@ -48,7 +51,7 @@ class MeanConfig:
 
     @property
     def query_view(self) -> QueryView:
-        return QueryView(self.query_ground_side_m)
+        return QueryView(self.query_ground_side_m, self.query_fill)
 
     @property
     def feature_grid(self) -> int:

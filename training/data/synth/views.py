@@ -7,9 +7,15 @@ pitch 30-60 deg from nadir, yaw uniform, HFOV ~70 deg, roll within +-3 deg, look
 - corner rays must stay within `max_ray_angle_deg` of nadir. Only the pitch can fix that, so a
   sampled pitch above the largest feasible one (about 50 deg for a 4:3, 70 deg HFOV frame at the
   80 deg limit) is lowered to it, and the sidecar keeps both values;
-- the footprint polygon must lie on valid imagery and at most `max_invalid_fraction` of the
-  rendered pixels may be invalid; otherwise resample: new yaw, then lower altitude, then lower
-  pitch, up to `max_retries`, counting every rejection.
+- with `validity="frame"` (the synthetic world) the footprint polygon must lie on valid imagery
+  and at most `max_invalid_fraction` of the rendered pixels may be invalid; with
+  `validity="query"` (a user's small orthophoto) only the ground square a pose-aware query shows
+  (the tile side around the look-at point) must be valid imagery, and the frame's far field may
+  leave the raster (rendered black, like no-data). Otherwise resample: new yaw, then lower
+  altitude, then lower pitch, up to `max_retries`, counting every rejection.
+
+Every view records `query_coverage`: the share of that ground square the frame shows, the
+number training and flight queries are compared on (`runtime.geo.rectify.ground_coverage`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meanloc.errors import MeanlocError
 from meanloc.runtime.geo.appearance import apply_appearance
 from meanloc.runtime.geo.camera import (
     CameraIntrinsics,
@@ -31,6 +38,9 @@ from meanloc.runtime.geo.camera import (
     render_view,
 )
 from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.geo.rectify import CameraAttitude, ground_coverage
+
+VALIDITY_MODES = ("frame", "query")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,11 @@ class ViewSampling:
     max_invalid_fraction: float = 0.015
     max_retries: int = 30
     appearance: bool = True
+    validity: str = "frame"  # what must be valid imagery: the whole "frame", or the "query" square
+
+    def validate(self) -> None:
+        if self.validity not in VALIDITY_MODES:
+            raise MeanlocError(f"view validity must be one of {', '.join(VALIDITY_MODES)}, got '{self.validity}'")
 
     def intrinsics(self, width: int, height: int) -> CameraIntrinsics:
         return CameraIntrinsics(width, height, self.hfov_deg)
@@ -74,12 +89,22 @@ class SampledView:
     pitch_sampled_deg: float
     retries: int
     appearance: dict
+    query_coverage: float  # share of the look-at ground square (tile side) that the frame shows
+
+
+def square_on_valid_imagery(ortho: Orthophoto, centre_xy: tuple[float, float], side_m: float, samples: int = 7) -> bool:
+    """True if a north-up square of `side_m` around `centre_xy` lies on valid imagery (sampled grid)."""
+    offsets = np.linspace(-side_m / 2.0, side_m / 2.0, samples)
+    dx, dy = np.meshgrid(offsets, offsets)
+    return bool(ortho.contains_world(centre_xy[0] + dx.ravel(), centre_xy[1] + dy.ravel()).all())
 
 
 def sample_view(ortho: Orthophoto, centre_xy: tuple[float, float], intrinsics: CameraIntrinsics,
                 sampling: ViewSampling, pitch_cap: float, rng: np.random.Generator,
-                appearance_rng: np.random.Generator) -> SampledView | None:
-    """Draw a pose around `centre_xy`, retry until accepted (§5.4), render it. None if it never fits."""
+                appearance_rng: np.random.Generator, query_side_m: float = 200.0) -> SampledView | None:
+    """Draw a pose around `centre_xy`, retry until accepted (§5.4), render it. None if it never fits.
+
+    `query_side_m`: the ground square a pose-aware query shows (the tile side)."""
     s = sampling
     jitter = rng.uniform(-s.target_jitter_m, s.target_jitter_m, 2)
     target = (centre_xy[0] + float(jitter[0]), centre_xy[1] + float(jitter[1]))
@@ -98,15 +123,21 @@ def sample_view(ortho: Orthophoto, centre_xy: tuple[float, float], intrinsics: C
                 pitch = max(0.0, pitch - 3.0)
         pose = Pose(target, altitude, pitch, yaw, roll)
         fp = footprint(intrinsics, pose, s.max_ray_angle_deg)
-        if not fp.ok or not footprint_inside(ortho, intrinsics, pose, fp.polygon_xy):
+        if not fp.ok:
+            continue
+        if s.validity == "frame" and not footprint_inside(ortho, intrinsics, pose, fp.polygon_xy):
+            continue
+        if s.validity == "query" and not square_on_valid_imagery(ortho, target, query_side_m):
             continue
         view = render_view(ortho, intrinsics, pose, max_ray_angle_deg=s.max_ray_angle_deg)
-        if 1.0 - view.valid_fraction > s.max_invalid_fraction:
+        if s.validity == "frame" and 1.0 - view.valid_fraction > s.max_invalid_fraction:
             continue
         image, params = view.image_bgr, {}
         if s.appearance:
             image, params = apply_appearance(view.image_bgr, appearance_rng, view.valid_mask)
-        return SampledView(view, image, pose, pitch_sampled, attempt, params)
+        attitude = CameraAttitude(altitude, pitch, yaw, intrinsics.hfov_deg, roll)
+        coverage = ground_coverage(attitude, (intrinsics.width, intrinsics.height), query_side_m)
+        return SampledView(view, image, pose, pitch_sampled, attempt, params, coverage)
     return None
 
 
@@ -133,6 +164,7 @@ def view_sidecar(ortho: Orthophoto, sampled: SampledView, intrinsics: CameraIntr
         "footprint_xy": poly.tolist(),
         "footprint_latlon": [[float(a), float(o)] for a, o in zip(f_lat, f_lon)],
         "valid_fraction": sampled.view.valid_fraction,
+        "query_coverage": sampled.query_coverage,
         "gsd_center_m": {"across": sampled.view.gsd_center_m[0], "along": sampled.view.gsd_center_m[1]},
         "retries": sampled.retries,
         "appearance": sampled.appearance,

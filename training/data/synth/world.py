@@ -30,7 +30,9 @@ import numpy as np
 from meanloc.errors import MeanlocError
 from meanloc.runtime.geo.orthophoto import Orthophoto, lonlat_to_crs, utm_epsg_for
 
-GENERATOR_VERSION = "synth-world-1"
+from . import photographic as photo
+
+GENERATOR_VERSION = "synth-world-2"  # 2: date 2 is photographic (photographic.py)
 DEFAULT_ORIGIN_LONLAT = (8.40, 47.45)  # north-west corner; UTM zone 32N
 MAX_PIXELS = 400_000_000
 
@@ -78,11 +80,15 @@ class DateStyle:
     demolished_fraction: float = 0.0
     reroofed_fraction: float = 0.0
     new_building_fraction: float = 0.0
+    # The photographic finish (photographic.py): surface texture, field phenology, crowns, soft
+    # shadows, cars, mosaic seamlines, a softer sensor, ~1 m co-registration error and JPEG.
+    photographic: bool = False
+    jpeg_quality: int = 70
 
 
 DATE1 = DateStyle()
 DATE2 = DateStyle(name="date2", seed=2, sun_azimuth_deg=215.0, sun_elevation_deg=32.0, autumn=0.7,
-                  demolished_fraction=0.05, reroofed_fraction=0.12, new_building_fraction=0.06)
+                  demolished_fraction=0.05, reroofed_fraction=0.12, new_building_fraction=0.06, photographic=True)
 
 
 @dataclass
@@ -399,6 +405,7 @@ def _vegetation(autumn: float) -> tuple[np.ndarray, np.ndarray]:
 def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     """Paint `layout` as seen on one date; returns (H, W, 3) BGR uint8."""
     rng = np.random.default_rng([layout.spec.seed, style.seed, 7])
+    photo_rng = np.random.default_rng([layout.spec.seed, style.seed, 8])  # own stream: date 1 is unchanged
     h, w = layout.shape
     px = 1.0 / layout.spec.gsd_m
     crops = _palette_array(CROPS_DATE1 if style.name == "date1" else CROPS_DATE2)
@@ -419,6 +426,10 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     img = crops[crop_idx][labels]
     img *= stripes[:, :, None]
     del stripes
+    if style.photographic:
+        open_land = ~(layout.urban | layout.forest | layout.water)
+        photo.finish_fields(img, labels, layout.stripe_angle, style.autumn, open_land, px, photo_rng)
+        del open_land
 
     # Towns: gardens and paved yards mixed by a fine noise field (computed on town pixels only).
     urban = layout.urban
@@ -428,11 +439,15 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     paved = np.array([125, 128, 132], np.float32)
     img[urban] = np.where((mix > 0.0)[:, None], garden, paved) * (1.0 + 0.08 * mix)[:, None]
     del mix
+    if style.photographic:
+        photo.add_surface_texture(img, urban, 1.0 * px, 0.12, photo_rng)
 
     canopy, crown = _vegetation(style.autumn)
     blobs = _noise((h, w), 5.0 * px, rng, octaves=2)[layout.forest]
     img[layout.forest] = canopy * (1.0 + 0.35 * blobs)[:, None]
     del blobs
+    if style.photographic:
+        photo.finish_canopy(img, layout.forest, style.autumn, px, photo_rng)
 
     water_col = np.array([85, 70, 35] if style.name == "date1" else [95, 85, 55], np.float32)
     ripple = _noise((h, w), 40.0 * px, rng)[layout.water]
@@ -442,6 +457,9 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     road_cols = np.array([[0, 0, 0], [105, 105, 108], [85, 85, 88], [110, 140, 160]], np.float32)
     on_road = layout.roads > 0
     img[on_road] = road_cols[layout.roads[on_road]]
+    if style.photographic:
+        photo.add_surface_texture(img, on_road, 0.5 * px, 0.08, photo_rng)
+        photo.park_cars(img, layout.roads, px, photo_rng)
 
     sun = math.radians(style.sun_azimuth_deg)
     # Shadows fall away from the sun: image direction (col, row) of "away" = (-sin, +cos).
@@ -459,18 +477,23 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     for x, y, r in trees:
         cx, cy = x + away[0] * r * 1.6 * shadow_len, y + away[1] * r * 1.6 * shadow_len
         cv2.circle(shadow, (int(cx), int(cy)), int(r), 1, -1)
-    in_shadow = shadow.view(bool)
-    img[in_shadow] *= 0.5
-    del shadow, in_shadow
+    if style.photographic:
+        photo.soft_shadow(img, shadow, px, style.sun_elevation_deg)
+    else:
+        img[shadow.view(bool)] *= 0.5
+    del shadow
 
     roofs = _palette_array(ROOFS)
     reroof = rng.uniform(size=len(b)) < style.reroofed_fraction
     roof_idx = np.where(reroof, rng.integers(0, len(ROOFS), len(b)), b.roof)
     jitter = rng.uniform(0.85, 1.15, (len(b), 3))
     lit = np.array([math.sin(sun), -math.cos(sun)])  # towards the sun in image coordinates
+    roof_mask = np.zeros((h, w), dtype=np.uint8) if style.photographic else None
     for i in np.nonzero(present)[0]:
         colour = roofs[roof_idx[i]] * jitter[i]
         corners = _rect(b.cx[i], b.cy[i], b.length[i], b.width[i], b.angle[i])
+        if roof_mask is not None:
+            cv2.fillConvexPoly(roof_mask, np.round(corners).astype(np.int32), 1)
         if b.gable[i]:
             # Two roof planes split along the ridge; the one facing the sun is brighter.
             mid_a, mid_b = (corners[0] + corners[3]) / 2, (corners[1] + corners[2]) / 2
@@ -484,7 +507,12 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
             cv2.fillConvexPoly(img, np.round(corners).astype(np.int32), tuple(float(v) * 0.8 for v in colour))
             inner = _rect(b.cx[i], b.cy[i], max(1.0, b.length[i] - 2 * px), max(1.0, b.width[i] - 2 * px), b.angle[i])
             cv2.fillConvexPoly(img, np.round(inner).astype(np.int32), tuple(float(v) for v in colour))
+    if roof_mask is not None:
+        photo.add_surface_texture(img, roof_mask.view(bool), 0.6 * px, 0.10, photo_rng)
+        del roof_mask
     crown_shades = crown[None, :] * rng.uniform(0.7, 1.25, (len(trees), 1))
+    if style.photographic:
+        crown_shades = photo.tree_colours(len(trees), style.autumn, photo_rng)
     for (x, y, r), colour in zip(trees, crown_shades):
         cv2.circle(img, (int(x), int(y)), int(r), tuple(float(v) for v in colour), -1)
         hx, hy = x + lit[0] * r * 0.35, y + lit[1] * r * 0.35
@@ -501,11 +529,16 @@ def render_layout(layout: Layout, style: DateStyle = DATE1) -> np.ndarray:
     img[:, :, 0] *= 1.0 + tint
     img[:, :, 2] *= 1.0 - tint
     del tint
+    if style.photographic:
+        photo.mosaic_seams(img, px, photo_rng)
     out = np.empty((h, w, 3), dtype=np.uint8)
     np.clip(img, 1, 255, out=img)
     out[...] = img
     grain = rng.integers(-3, 4, (h, w, 1), dtype=np.int8)
-    return _add_grain(out, grain)
+    out = _add_grain(out, grain)
+    if style.photographic:
+        out = photo.sensor_and_file(out, px, photo_rng, style.jpeg_quality)
+    return out
 
 
 def _add_grain(image: np.ndarray, grain: np.ndarray) -> np.ndarray:

@@ -40,7 +40,15 @@ from meanloc.runtime.artifacts import atomic_write_json, atomic_write_text, new_
 from meanloc.runtime.geo.camera import CameraIntrinsics
 from meanloc.runtime.geo.orthophoto import CORNER_NAMES, Orthophoto
 
-from .locations import GridPlan, Location, place_locations, plan_for_area, plan_for_counts, split_gap_m
+from .locations import (
+    AreaPlan,
+    GridPlan,
+    Location,
+    inside_polygons,
+    plan_for_counts,
+    plan_user_area,
+    split_gap_m,
+)
 from .views import ViewSampling, sample_view, view_sidecar
 from .world import DEFAULT_ORIGIN_LONLAT, GENERATOR_VERSION, WorldSpec, generate_world_pair
 
@@ -84,6 +92,11 @@ class SynthConfig:
     sampling: ViewSampling = field(default_factory=ViewSampling)
     jpeg_quality: int = 95
     workers: int = 0  # 0 = all cores
+    # A user's orthophoto (locations.plan_user_area): split layout, clearance between the splits'
+    # ground squares (None: half a tile side) and an optional test area (rings of (lon, lat)).
+    split_layout: str = "auto"
+    clearance_m: float | None = None
+    test_area_lonlat: tuple[tuple[tuple[float, float], ...], ...] | None = None
 
     @property
     def view_size(self) -> tuple[int, int]:
@@ -106,6 +119,13 @@ class SynthConfig:
             raise MeanlocError(f"altitude range must be positive and ordered, got {self.sampling.altitude_m}")
         if not 1 <= self.jpeg_quality <= 100:
             raise MeanlocError("JPEG quality must be within 1..100")
+        if self.clearance_m is not None and self.clearance_m < 0:
+            raise MeanlocError(f"clearance must not be negative, got {self.clearance_m} m")
+        self.sampling.validate()
+
+    @property
+    def clearance(self) -> float:
+        return self.tile_side_m / 2.0 if self.clearance_m is None else self.clearance_m
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -147,13 +167,28 @@ class Sources:
 
 
 def geometry(config: SynthConfig) -> tuple[float, float, float]:
-    """(reach, margin, buffer) in metres for this camera and pose distribution."""
+    """(reach, margin, buffer) in metres for this camera and pose distribution.
+
+    The synthetic world is generated to fit (margin = the footprint reach). On a user's orthophoto
+    with `validity="query"` a location only needs its tile square plus the look-at jitter on valid
+    imagery (margin = half a tile + the jitter); the buffer is then the splits' centre gap."""
     reach = config.sampling.reach_m(config.intrinsics())
+    if config.sampling.validity == "query":
+        margin = config.tile_side_m / 2.0 + config.sampling.target_jitter_m
+        return reach, margin, config.tile_side_m + 2.0 * config.sampling.target_jitter_m + config.clearance
     margin = max(reach, config.tile_side_m / 2.0 * 1.5) + config.spacing_m / 2.0
     # §5.7 asks for at least one tile side plus the reach (no view touches another split's tiles);
     # twice the reach also keeps the drone footprints of different splits apart.
     buffer = config.tile_side_m + 2.0 * reach
     return reach, margin, buffer
+
+
+def recommended_input_px(tile_side_m: float, gsd_m: float, floor_mpp: float = 0.8) -> int:
+    """Default network input side for a dataset: about two source pixels per input pixel (the
+    orthophoto's own detail, not finer than `floor_mpp` m), a multiple of 32 within 64..384.
+    A 100 m tile of a 0.5 m orthophoto gets 96 px (1.04 m per pixel), not 64 (1.6 m)."""
+    metres_per_px = max(2.0 * gsd_m, floor_mpp)
+    return int(min(384, max(64, 32 * round(tile_side_m / metres_per_px / 32.0))))
 
 
 def synthetic_sources(config: SynthConfig) -> tuple[Sources, GridPlan]:
@@ -169,7 +204,7 @@ def synthetic_sources(config: SynthConfig) -> tuple[Sources, GridPlan]:
     return Sources(date1, drone, "synthetic", {}), plan
 
 
-def user_sources(config: SynthConfig, satellite: Orthophoto, drone: Orthophoto | None) -> tuple[Sources, GridPlan]:
+def user_sources(config: SynthConfig, satellite: Orthophoto, drone: Orthophoto | None) -> tuple[Sources, AreaPlan]:
     """A user's orthophoto (and optionally a co-registered second one for the drone views)."""
     for name, ortho in (("satellite", satellite), ("drone", drone)):
         if ortho is not None and abs(ortho.rotation_deg) > MAX_ROTATION_DEG:
@@ -178,12 +213,24 @@ def user_sources(config: SynthConfig, satellite: Orthophoto, drone: Orthophoto |
     if drone is not None and drone.crs != satellite.crs:
         raise MeanlocError(f"the drone orthophoto is in {drone.crs} but the satellite one in {satellite.crs}; "
                            "reproject one so both share a CRS (e.g. gdalwarp -t_srs)")
-    _, margin, buffer = geometry(config)
-    plan = plan_for_area(satellite.bounds_world(), config.spacing_m, buffer, margin)
+    second = drone or satellite
+    _, margin, _ = geometry(config)
+    bounds = _intersection(satellite.bounds_world(), second.bounds_world())
+    test_polygons = None
+    if config.test_area_lonlat is not None:
+        test_polygons = [np.stack(satellite.lonlat_to_world(np.array([p[0] for p in ring]), np.array([p[1] for p in ring])),
+                                  axis=1) for ring in config.test_area_lonlat]
+    plan = plan_user_area(bounds, lambda x, y: satellite.contains_world(x, y) & second.contains_world(x, y),
+                          config.tile_side_m, config.spacing_m, config.clearance, config.sampling.target_jitter_m,
+                          margin, config.split_layout, test_polygons)
     inputs = {"satellite": {"path": satellite.source, "sha256": satellite.source_sha256}}
     if drone is not None:
         inputs["drone"] = {"path": drone.source, "sha256": drone.source_sha256}
-    return Sources(satellite, drone or satellite, "user", inputs), plan
+    return Sources(satellite, second, "user", inputs), plan
+
+
+def _intersection(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> tuple[float, ...]:
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -239,7 +286,7 @@ def _render_location(loc: Location) -> dict:
     sat = sources.satellite
     tile, tile_valid = sat.crop_north_up((loc.x, loc.y), config.tile_side_m, config.tile_px)
     result = {"id": loc.id, "tile_valid": tile_valid, "views": 0, "failed_views": 0, "retries": 0,
-              "pitch_lowered": 0, "poses": []}
+              "pitch_lowered": 0, "poses": [], "footprints": []}
     if tile_valid < 0.99:
         result["dropped"] = f"satellite tile has {1 - tile_valid:.1%} no-data"
         return result
@@ -251,13 +298,16 @@ def _render_location(loc: Location) -> dict:
     for v in range(n_views):
         seed = [config.seed, loc.index, v]
         sampled = sample_view(sources.drone, (loc.x, loc.y), intr, config.sampling, _JOB["pitch_cap"],
-                              np.random.default_rng([*seed, 1]), np.random.default_rng([*seed, 2]))
+                              np.random.default_rng([*seed, 1]), np.random.default_rng([*seed, 2]),
+                              query_side_m=config.tile_side_m)
         if sampled is None:
             result["failed_views"] += 1
             continue
         result["retries"] += sampled.retries
         result["pitch_lowered"] += int(sampled.pose.pitch_deg < sampled.pitch_sampled_deg)
-        result["poses"].append([sampled.pose.altitude_m, sampled.pose.pitch_deg, sampled.pose.yaw_deg])
+        result["poses"].append([sampled.pose.altitude_m, sampled.pose.pitch_deg, sampled.pose.yaw_deg,
+                                sampled.pose.roll_deg, sampled.query_coverage, sampled.view.valid_fraction])
+        result["footprints"].append(sampled.view.footprint_xy.tolist())
         name = f"image-{len(written) + 1:02d}"
         written.append((name, _encode(sampled.image_bgr, config.jpeg_quality),
                         view_sidecar(sources.drone, sampled, intr, seed, drone_source)))
@@ -330,7 +380,7 @@ def _locations_csv(ortho: Orthophoto, locations: list[Location], results: dict, 
 
 def _summary(locations: list[Location], results: dict) -> dict:
     kept = [loc for loc in locations if "dropped" not in results[loc.id]]
-    poses = np.array([p for r in results.values() for p in r["poses"]]) if kept else np.zeros((0, 3))
+    poses = np.array([p for r in results.values() for p in r["poses"]]) if kept else np.zeros((0, 6))
     counts = {}
     for split in ("train", "val", "test"):
         in_split = [loc for loc in kept if loc.split == split]
@@ -350,10 +400,33 @@ def _summary(locations: list[Location], results: dict) -> dict:
         "pose_retries": sum(r["retries"] for r in results.values()),
         "pitch_lowered_for_ray_limit": sum(r["pitch_lowered"] for r in results.values()),
         "rendered_altitude_m": describe(0), "rendered_pitch_deg": describe(1), "rendered_yaw_deg": describe(2),
+        "rendered_roll_deg": describe(3),
+        # Share of the look-at ground square (tile side) each view shows: what a pose-aware query covers.
+        "query_coverage": {**describe(4), "p10": float(np.percentile(poses[:, 4], 10)) if len(poses) else 0.0},
+        "view_valid_fraction": describe(5),
     }
 
 
-def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: GridPlan, overwrite: bool = False,
+def _footprint_overlap(locations: list[Location], results: dict, tile_side_m: float) -> dict:
+    """How often a training view's footprint reaches the tile square centre of a val or test
+    location (views see far beyond their query square: the price of small areas)."""
+    held_out = {split: np.array([[loc.x, loc.y] for loc in locations if loc.split == split and "dropped" not in
+                                 results[loc.id]]) for split in ("val", "test")}
+    counts = {"val": 0, "test": 0}
+    total = 0
+    for loc in locations:
+        if loc.split != "train":
+            continue
+        for polygon in results[loc.id]["footprints"]:
+            total += 1
+            ring = [np.asarray(polygon)]
+            for split, centres in held_out.items():
+                if len(centres) and inside_polygons(centres[:, 0], centres[:, 1], ring).any():
+                    counts[split] += 1
+    return {f"train_views_seeing_{split}_centres": round(count / max(1, total), 4) for split, count in counts.items()}
+
+
+def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: GridPlan | AreaPlan, overwrite: bool = False,
                   progress: Callable[[int], object] | None = None, save_world: bool = True) -> dict:
     """Render every location into `<out>.partial`, then rename it to `<out>`. Returns the manifest.
 
@@ -374,10 +447,9 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
         raise MeanlocError(f"cannot create {partial}: {exc.strerror or exc}") from None
     started = time.time()
     rng = np.random.default_rng([config.seed, 11])
-    n_test = plan.columns[2] * plan.rows
     # A user's area sets the number of test locations; a quarter of them become distractors.
-    n_distractors = config.n_distractors if sources.kind == "synthetic" else n_test // 4
-    locations = place_locations(plan, sources.satellite.bounds_world(), n_distractors, rng)
+    n_distractors = config.n_distractors if sources.kind == "synthetic" else plan.split_count("test") // 4
+    locations = plan.place(sources.satellite.bounds_world(), n_distractors, rng)
     reach, margin, buffer = geometry(config)
     intr = config.intrinsics()
     pitch_cap = config.sampling.pitch_cap(intr)
@@ -396,8 +468,13 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
     summary = _summary(locations, results)
     for split in ("train", "val", "test"):
         if summary["counts"][split]["query_classes"] == 0:
-            raise MeanlocError(f"no usable {split} location: the valid imagery is too small or too fragmented "
-                               f"for {config.tile_side_m:.0f} m tiles and the drone footprints")
+            failed = sum(1 for loc in locations if loc.split == split and "dropped" in results[loc.id])
+            raise MeanlocError(
+                f"no usable {split} location: for all {failed} of them no drone pose kept its "
+                f"{'whole frame' if config.sampling.validity == 'frame' else f'{config.tile_side_m:g} m query square'} "
+                f"on valid imagery within {config.sampling.max_retries} tries (altitude {config.sampling.altitude_m[0]:g}-"
+                f"{config.sampling.altitude_m[1]:g} m, pitch {config.sampling.pitch_deg[0]:g}-"
+                f"{config.sampling.pitch_deg[1]:g} deg); lower --altitude or --tile-side-m")
     inputs = dict(sources.inputs)
     if sources.kind == "synthetic" and save_world:
         world_dir = partial / "world"
@@ -418,19 +495,24 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
         layout="university-1652",
         generator_version=f"{WRITER_VERSION}+{GENERATOR_VERSION}",
         seed=config.seed,
-        parameters=config.to_dict(),
+        parameters=_parameters(config, sources.kind),
         source_kind=sources.kind,
         cross_source=sources.drone is not sources.satellite,
         inputs=inputs,
         crs=sources.satellite.crs,
         satellite_orthophoto=sources.satellite.describe(),
+        drone_orthophoto=sources.drone.describe() if sources.drone is not sources.satellite else None,
+        recommended_input_px=_input_px(config, sources),
         camera={"width": intr.width, "height": intr.height, "hfov_deg": intr.hfov_deg, "vfov_deg": intr.vfov_deg,
                 "pitch_cap_deg": pitch_cap},
+        views={"validity": config.sampling.validity,
+               "meaning": "the whole frame is valid imagery" if config.sampling.validity == "frame" else
+               f"the {config.tile_side_m:g} m ground square around the look-at point is valid imagery; the far "
+               "field may leave the orthophoto and is black (fine for pose-aware queries, not for frames as captured)"},
         geometry={"footprint_reach_m": reach, "margin_m": margin, "split_buffer_m": buffer,
-                  "min_split_gap_m": split_gap_m(locations), "grid_rows": plan.rows,
-                  "grid_columns": {"train": plan.columns[0], "val": plan.columns[1], "test": plan.columns[2]},
-                  "split_bands": "train west, val middle, test east",
-                  "separation": "no satellite tile or drone footprint of one split overlaps any of another split"},
+                  "min_split_gap_m": split_gap_m(locations), **plan.describe(),
+                  **({"footprint_overlap": _footprint_overlap(locations, results, config.tile_side_m)}
+                     if sources.kind == "user" else {})},
         difficulty={"tile_side_m": config.tile_side_m, "altitude_m": list(config.sampling.altitude_m),
                     "pitch_deg": list(config.sampling.pitch_deg), "yaw_deg": list(config.sampling.yaw_deg),
                     "hfov_deg": config.sampling.hfov_deg, "appearance": config.sampling.appearance,
@@ -442,6 +524,32 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
     atomic_write_json(partial / "dataset.json", manifest)
     _commit(partial, out)
     return manifest
+
+
+# Parameters that only shape the generated world (a user's orthophoto ignores them).
+WORLD_ONLY = ("preset", "rows", "n_train", "n_val", "n_test", "n_distractors", "world_gsd_m", "origin_lonlat",
+              "workers")
+
+
+def _parameters(config: SynthConfig, kind: str) -> dict:
+    """The parameters that shaped this dataset: for a user's orthophoto, not the synthetic world's."""
+    values = config.to_dict()
+    values.pop("workers")
+    if kind == "user":
+        values = {key: value for key, value in values.items() if key not in WORLD_ONLY}
+    values["clearance_m"] = config.clearance
+    return values
+
+
+def _input_px(config: SynthConfig, sources: Sources) -> dict:
+    """The network input side training uses by default (see `recommended_input_px`)."""
+    if sources.kind == "synthetic":  # the demo's recipe: 64 px for the world's 200 m tiles
+        return {"pixels": 64, "metres_per_pixel": round(config.tile_side_m / 64, 3),
+                "why": "the synthetic recipe's CPU budget (2 cores)"}
+    gsd = max(sources.satellite.gsd, sources.drone.gsd)
+    pixels = recommended_input_px(config.tile_side_m, gsd)
+    return {"pixels": pixels, "metres_per_pixel": round(config.tile_side_m / pixels, 3),
+            "why": f"about two source pixels per input pixel ({gsd:.2f} m orthophoto, {config.tile_side_m:g} m tiles)"}
 
 
 def _is_pinned(config: SynthConfig) -> bool:
