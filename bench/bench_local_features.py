@@ -35,8 +35,8 @@ from meanloc.runtime.backends import open_backend
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
-from meanloc.runtime.fine.features import FEATURE_KINDS, FeatureSpec
-from meanloc.runtime.fine.layer_build import LayerParams, build_feature_layer
+from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
+from meanloc.runtime.features.extract import FEATURE_KINDS, FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.localize.estimate import EstimatorConfig
 from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig

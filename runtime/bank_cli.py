@@ -89,7 +89,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _local_feature_options(parser: argparse.ArgumentParser) -> None:
-    from .fine.features import FEATURE_KINDS
+    from .features.extract import FEATURE_KINDS
 
     group = parser.add_argument_group("local-feature layer (georeferenced orthophoto features for the fine stage)")
     group.add_argument("--local-features", choices=FEATURE_KINDS, default="sift",
@@ -103,8 +103,8 @@ def _local_feature_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _layer_params(args: argparse.Namespace) -> Any:
-    from .fine.features import FeatureSpec
-    from .fine.layer_build import LayerParams
+    from .bank.feature_build import LayerParams
+    from .features.extract import FeatureSpec
 
     params = LayerParams(FeatureSpec(args.local_features), args.feature_gsd_m, args.feature_cell_m,
                          args.features_per_cell)
@@ -162,8 +162,8 @@ def _bank_writer(bank: Any, command: str, *subfolders: str) -> Iterator[None]:
     """One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the
     first; temporary files of a writer killed mid-write are removed first."""
     from .artifacts import remove_orphan_temp_files
-    from .fine.layer import FEATURES_DIR
-    from .fine.layer_build import SHARDS_DIR as FEATURE_SHARDS_DIR
+    from .bank.feature_build import SHARDS_DIR as FEATURE_SHARDS_DIR
+    from .bank.feature_layer import FEATURES_DIR
     from .run_folder import folder_lock, lock_path_for
 
     with folder_lock(lock_path_for(bank), bank, command):
@@ -201,7 +201,7 @@ def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
 def _features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .fine.layer_build import build_feature_layer
+    from .bank.feature_build import build_feature_layer
     from .geo.orthophoto import Orthophoto
 
     with _bank_writer(Path(args.bank), "meanloc bank features"):

@@ -11,7 +11,7 @@ from localize_support import PoolingBackend
 
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
-from meanloc.runtime.fine.layer_build import LayerParams
+from meanloc.runtime.bank.feature_build import LayerParams
 from meanloc.runtime.geo.appearance import apply_appearance
 from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, render_view
 from meanloc.runtime.geo.orthophoto import Orthophoto
@@ -40,7 +40,7 @@ def build_feature_bank(ortho_path: Path, out: Path, params: LayerParams | None =
 
 
 def oblique_frame(drone: Orthophoto, bank: SatelliteBank, xy_crs: tuple[float, float], yaw_deg: float,
-                  altitude_m: float = 150.0, pitch_deg: float = 35.0, seed: int = 0):
+                  altitude_m: float = 200.0, pitch_deg: float = 40.0, seed: int = 0):
     """(BGR frame rendered from `drone` looking at `xy_crs`, its true attitude, the look-at point
     in the bank's local frame)."""
     pose = Pose(xy_crs, altitude_m, pitch_deg, yaw_deg)

@@ -10,14 +10,14 @@ from fine_support import build_feature_bank, write_world_pair
 from localize_support import PoolingBackend
 
 from meanloc.cli import main
+from meanloc.runtime.bank import feature_build as layer_build
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
+from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
+from meanloc.runtime.bank.feature_layer import DESCRIPTORS_FILE, KEYPOINTS_FILE
 from meanloc.runtime.bank.merge import merge_banks
 from meanloc.runtime.bank.store import verify_bank
-from meanloc.runtime.fine import layer_build
-from meanloc.runtime.fine.features import FeatureSpec
-from meanloc.runtime.fine.layer import DESCRIPTORS_FILE, KEYPOINTS_FILE
-from meanloc.runtime.fine.layer_build import LayerParams, build_feature_layer
+from meanloc.runtime.features.extract import FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 
 

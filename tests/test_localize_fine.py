@@ -64,7 +64,7 @@ def fly(town, backend, refine: str = "auto", frames: int = FRAMES, misled_to=Non
     if misled_to is not None:  # a state no verified fit confirmed, as wrong retrieval fixes would leave
         loop.filter.reset(misled_to, 0.0, 20.0)
     source = SyntheticFlightSource(str(town["date2"]), SyntheticFlightOptions(
-        frames=frames, altitude_m=150.0, pitch_deg=35.0, pattern="straight", speed_mps=12.0, seed=2))
+        frames=frames, altitude_m=200.0, pitch_deg=40.0, pattern="straight", speed_mps=12.0, seed=1))  # across the town
     return loop.run(source, max_frames=frames), records.rows
 
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
-from ..fine.layer import FeatureLayer, has_layer
 from ..identity import ModelIdentity
+from .feature_layer import FeatureLayer, has_layer
 from .search import DEFAULT_BLOCK_ROWS, ExactSearcher, FaissSearcher
 from .store import (
     check_bank_integrity,

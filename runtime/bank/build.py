@@ -252,7 +252,7 @@ def build_bank_from_orthophoto(
     **build_options: Any,
 ) -> BuildResult:
     """Cut a GeoTIFF into north-up tiles (at the model's input size unless `tile_px`) and build;
-    then, unless `local_features` is None, add the local-feature layer (`runtime.fine`) with those
+    then, unless `local_features` is None, add the local-feature layer (`feature_build.py`) with those
     `LayerParams`, resumable like the embeddings."""
     from ..geo.orthophoto import Orthophoto
 
@@ -262,7 +262,7 @@ def build_bank_from_orthophoto(
     )
     result = build_bank(source, backend, out_dir, **build_options)
     if local_features is not None:
-        from ..fine.layer_build import build_feature_layer
+        from .feature_build import build_feature_layer
 
         build_feature_layer(Path(out_dir), ortho, local_features, resume=build_options.get("resume", False),
                             progress=build_options.get("progress", True),

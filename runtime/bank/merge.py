@@ -12,7 +12,7 @@ import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
-from ..fine.layer_build import merge_feature_layers, unmergeable_reason
+from .feature_build import merge_feature_layers, unmergeable_reason
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,

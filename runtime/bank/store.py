@@ -26,8 +26,8 @@ from ..artifacts import (
     read_json,
     sha256_file,
 )
-from ..fine.layer import has_layer, verify_layer
 from ..identity import ModelIdentity
+from .feature_layer import has_layer, verify_layer
 from .frame import LocalFrame
 from .tiles import check_tile_dtype
 

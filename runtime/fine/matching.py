@@ -17,8 +17,8 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
+from ..features.extract import NORM_HAMMING, descriptors_for_matching
 from ..geo.orthophoto import require_cv2
-from .features import NORM_HAMMING, descriptors_for_matching
 
 # A peak elsewhere must be this far from the winner to count as a rival (not the same peak smeared).
 RIVAL_DISTANCE_M = 25.0

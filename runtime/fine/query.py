@@ -17,9 +17,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ..features.extract import FeatureExtractor, LocalFeatures
 from ..geo.orthophoto import require_cv2
 from ..geo.rectify import CameraAttitude, ground_patch
-from .features import FeatureExtractor, LocalFeatures
 
 SIMILARITY = "similarity"
 HOMOGRAPHY = "homography"

@@ -23,10 +23,10 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
+from ..bank.feature_layer import FeatureLayer
+from ..features.extract import make_extractor
 from ..geo.rectify import CameraAttitude
-from .features import make_extractor
 from .fit import GeometricFit, fit_homography, fit_similarity
-from .layer import FeatureLayer
 from .matching import VotePeak, knn_matches, ratio_matches, rotate, vote_translation
 from .query import SIMILARITY, QueryFeatures, north_up_query, rectified_query
 

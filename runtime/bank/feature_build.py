@@ -28,11 +28,9 @@ from ..artifacts import (
     sha256_bytes,
     sha256_file,
 )
-from ..bank.frame import LocalFrame
-from ..bank.store import MANIFEST_FILE, manifest_frame, read_manifest
+from ..features.extract import FeatureSpec, LocalFeatures, make_extractor, strongest_per_cell
 from ..geo.orthophoto import Orthophoto, area_resample
-from .features import FeatureSpec, LocalFeatures, make_extractor, strongest_per_cell
-from .layer import (
+from .feature_layer import (
     CELLS_FILE,
     DESCRIPTORS_FILE,
     FEATURES_DIR,
@@ -45,6 +43,8 @@ from .layer import (
     LayerMeta,
     has_layer,
 )
+from .frame import LocalFrame
+from .store import MANIFEST_FILE, manifest_frame, read_manifest
 
 SHARDS_DIR = "feature-shards"
 PLAN_FILE = "plan.json"

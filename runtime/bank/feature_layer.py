@@ -20,7 +20,7 @@ import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
-from .features import FeatureSpec
+from ..features.extract import FeatureSpec
 
 FEATURES_DIR = "features"
 KEYPOINTS_FILE = FEATURES_DIR + "/keypoints.npy"
