@@ -470,7 +470,9 @@ class Trainer:
                     progress.set_postfix(loss=f"{float(parts['loss']):.3f}", refresh=False)
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save("last.pt")
-                if self.step >= self.schedule.total or self.step == until_step:
+                # A resumed run keeps its schedule; --max-steps then only says where to stop.
+                if (self.step >= self.schedule.total or self.step == until_step
+                        or (config.max_steps and self.step >= config.max_steps)):
                     stop = True
                     break
                 if self._out_of_budget():
