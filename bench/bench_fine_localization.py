@@ -22,17 +22,18 @@ from pathlib import Path
 from common import machine_description, random_onnx
 
 from meanloc.cli import main as meanloc
-from meanloc.demo import DemoOptions, held_out_area
+from meanloc.demo import DemoOptions, held_out_area, plan_steps
 
 
-def flight_argv(work: Path, model: Path, bank: Path, summary: Path, options: DemoOptions, cross_source: bool) -> list:
-    """The demo's own localize step (see meanloc/demo.py), with another model and bank."""
-    world = work / "data" / "world" / ("drone.tif" if cross_source else "satellite.tif")
-    return ["localize", "--model", str(model), "--bank", str(bank), "--source", f"synthetic:{world}",
-            "--frames", str(options.flight_frames), "--flight-seed", str(options.seed),
-            "--flight-area", held_out_area(work / "data"), "--flight-pattern", options.flight_pattern,
-            "--flight-altitude", f"{options.flight_altitude_m:g}", "--flight-pitch", f"{options.flight_pitch_deg:g}",
-            "--estimator", "weighted", "--window-m", "400", "--summary", str(summary), "--jsonl", str(summary.with_suffix(".jsonl"))]
+def flight_argv(work: Path, model: Path, bank: Path, summary: Path, options: DemoOptions) -> list:
+    """The demo's own FP32 localize step (meanloc/demo.py), with another model, bank and outputs."""
+    step = next(s for s in plan_steps(options, work, False, held_out_area(work / "data")) if s.name == "flight-fp32")
+    replace = {"--model": str(model), "--bank": str(bank), "--summary": str(summary),
+               "--jsonl": str(summary.with_suffix(".jsonl")), "--geojson": str(summary.with_suffix(".geojson"))}
+    argv = list(step.argv)
+    for flag, value in replace.items():
+        argv[argv.index(flag) + 1] = value
+    return argv
 
 
 def row(label: str, summary: dict) -> str:
@@ -54,30 +55,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="meanloc-demo", help="a finished `meanloc demo` folder")
     parser.add_argument("--frames", type=int, default=None, help="frames to fly (default: the demo's)")
+    parser.add_argument("--untrained-only", action="store_true",
+                        help="fly only the untrained model (needs just the demo's data folder and bank)")
     args = parser.parse_args()
     work = Path(args.workdir)
     dataset = json.loads((work / "data" / "dataset.json").read_text())
     cross_source = bool(dataset.get("cross_source"))
-    options = DemoOptions(workdir=str(work))
+    options = DemoOptions(workdir=str(work), cross_source=cross_source)
     if args.frames:
         options.flight_frames = args.frames
-    preset = json.loads((work / "bank" / "manifest.json").read_text())["identity"]["preset"]
+    preset = options.model_preset
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        trained = folder / "trained.json"
-        if meanloc(flight_argv(work, work / "model.onnx", work / "bank", trained, options, cross_source)) != 0:
-            raise SystemExit("the trained flight failed")
-        rows.append(row(f"trained {preset} (the demo's model)", json.loads(trained.read_text())))
+        if not args.untrained_only:
+            trained = folder / "trained.json"
+            if meanloc(flight_argv(work, work / "model.onnx", work / "bank", trained, options)) != 0:
+                raise SystemExit("the trained flight failed")
+            rows.append(row(f"trained {preset} (the demo's model)", json.loads(trained.read_text())))
         untrained_model = folder / "untrained.onnx"
         random_onnx(untrained_model, preset)
         satellite = work / "data" / "world" / "satellite.tif"
-        tile_m = json.loads((work / "bank" / "manifest.json").read_text())["build"]["tile_m"]
+        tile_m = 200.0  # the demo's bank (meanloc/demo.py)
         if meanloc(["bank", "build", "--model", str(untrained_model), "--orthophoto", str(satellite), "--out",
                     str(folder / "bank"), "--tile-m", f"{tile_m:g}", "--overlap", "0.75", "--no-progress"]) != 0:
             raise SystemExit("the untrained bank failed")
         untrained = folder / "untrained.json"
-        if meanloc(flight_argv(work, untrained_model, folder / "bank", untrained, options, cross_source)) != 0:
+        if meanloc(flight_argv(work, untrained_model, folder / "bank", untrained, options)) != 0:
             raise SystemExit("the untrained flight failed")
         rows.append(row(f"untrained {preset} (random weights)", json.loads(untrained.read_text())))
     setting = "cross-source (flight from the second date)" if cross_source else "single date"
