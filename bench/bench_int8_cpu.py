@@ -162,7 +162,7 @@ def _fp32_onnx(args: argparse.Namespace, work: Path) -> Path:
 
 
 def _calibration(args: argparse.Namespace, fp32: Path, work: Path) -> CalibrationOutputs:
-    from meanloc.export.onnx_graph import load_embedding_onnx
+    from meanloc.runtime.onnx_file import load_embedding_onnx
 
     if args.calib_dir:
         return open_calibration_dir(args.calib_dir)

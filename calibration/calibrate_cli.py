@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meanloc.export.onnx_graph import load_embedding_onnx
+    from meanloc.runtime.onnx_file import load_embedding_onnx
 
     from .calibset import from_dataset, from_folder
     from .pipeline import calibrate

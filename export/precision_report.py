@@ -23,11 +23,10 @@ from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with_markdown
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.identity import ModelIdentity
+from meanloc.runtime.onnx_file import load_embedding_onnx
 from meanloc.runtime.query_view import QueryView
 from meanloc.training.data.splits import EvalSplit, load_eval_split
 from meanloc.training.evaluate import Embeddings, evaluate_retrieval, extract_embeddings
-
-from .onnx_graph import load_embedding_onnx
 
 REPORT_KIND = "precision_report"
 DIRECTION = "d2s"
