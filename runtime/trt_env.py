@@ -14,6 +14,7 @@ compatible.
 import platform
 import re
 import subprocess
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from meanloc import __version__
@@ -230,7 +231,7 @@ def tensorrt_gpu_unavailable_reason() -> Optional[str]:
 
     from .trt_api import check_supported_version
 
-    if importlib.util.find_spec("tensorrt") is None:
+    if "tensorrt" not in sys.modules and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
     try:
         env = engine_environment(probe_dla=False)

@@ -35,9 +35,10 @@ of real TensorRT that a fake sharing the code's assumptions used to hide. Each o
   from 8.6; `IProgressMonitor` from 10; 11 has no FP16/INT8/precision-constraint flags and no
   calibrators; config attributes a version lacks raise AttributeError, as pybind11 objects do.
 - Runtime side: only the name-based I/O API (bindings API absent); `nptype` fails (it touches
-  `np.bool` on 8.5.2 with NumPy >= 1.24). A "plan" is JSON; its "network" is a fixed random
-  projection of the flattened input, computed through host memory standing in for device memory,
-  so results can be checked against numpy.
+  `np.bool` on 8.5.2 with NumPy >= 1.24). A "plan" is JSON. A plan this fake built computes its
+  ONNX with ONNX Runtime on the CPU (so embeddings are the model's, precision aside); a plan a test
+  wrote by hand is a fixed random projection of the flattened input. Both run through host memory
+  standing in for device memory, so results can be checked against numpy.
 
 The fake parser reads the ONNX with the real `onnx` package and turns every node into a layer named
 after the node (or, with `rename_layers`, an opaque name, so matching must use output tensor names).
@@ -45,6 +46,7 @@ after the node (or, with `rename_layers`, an opaque name, so matching must use o
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import re
@@ -312,6 +314,7 @@ class FakeTensorRTForWiringTests(types.ModuleType):
                     self.errors.extend(module.parse_errors)
                     return False
                 self.errors.extend(self.network.populate(module, onnx.load_model_from_string(bytes(data))))
+                self.network.onnx_bytes = bytes(data)
                 return not self.errors
 
         class Runtime:
@@ -398,6 +401,7 @@ class FakeTensorRTForWiringTests(types.ModuleType):
             "layers": layers,
             "verbosity": getattr(config.profiling_verbosity, "name", None),
             "dla_core": config.DLA_core if config.default_device_type == self.DeviceType.DLA else None,
+            "onnx": base64.b64encode(network.onnx_bytes).decode(),
         }
         return json.dumps(plan, sort_keys=True).encode()
 
@@ -577,6 +581,7 @@ class FakeNetwork:
         self.inputs: list[FakeTensor] = []
         self.outputs: list[FakeTensor] = []
         self.seed = 0
+        self.onnx_bytes = b""
         self._producers: dict = {}
         self._constants: set = set()
 
@@ -713,6 +718,12 @@ class FakeEngine:
         self.trt, self.spec = trt, spec
         self.size, self.dim = int(spec.get("size", 8)), int(spec.get("dim", 4))
         self.weights = np.random.default_rng(spec["seed"]).normal(size=(3 * self.size * self.size, self.dim)).astype(np.float32)
+        self.session = None
+        if spec.get("onnx"):
+            import onnxruntime
+
+            model = base64.b64decode(spec["onnx"])
+            self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         self.names = [spec.get("input_name", "images"), "embedding"]
         self.num_io_tensors = 2
 
@@ -771,7 +782,10 @@ class FakeContext:
         images = memory.view(self.addresses["images"], (self.batch, 3, size, size), np.float32)
         out_dtype = np.float16 if self.engine.get_tensor_dtype("embedding").name == "HALF" else np.float32
         output = memory.view(self.addresses["embedding"], (self.batch, self.engine.dim), out_dtype)
-        output[:] = (images.reshape(self.batch, -1) @ self.engine.weights).astype(out_dtype)
+        if self.engine.session is not None:
+            output[:] = self.engine.session.run(None, {"images": np.array(images)})[0].astype(out_dtype)
+        else:
+            output[:] = (images.reshape(self.batch, -1) @ self.engine.weights).astype(out_dtype)
         return True
 
 
