@@ -140,3 +140,21 @@ def make_fake_cudart(memory, device_limit=1 << 30):
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
     cuda.bindings, bindings.runtime = bindings, rt
     return {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}
+
+
+def install_fake_gpu(monkeypatch, version="10.3.0.26", binding="pycuda", **behaviour):
+    """Fake TensorRT `version` plus ONE fake CUDA binding (the other made unimportable), over shared
+    host "device" memory; returns the fake `tensorrt` module (its `.memory` is that memory)."""
+    import sys
+
+    from export_fake_tensorrt import FakeDeviceMemory, FakeTensorRTForWiringTests
+
+    memory = FakeDeviceMemory()
+    fake = FakeTensorRTForWiringTests(version, memory=memory, **behaviour)
+    modules = make_fake_pycuda(memory) if binding == "pycuda" else make_fake_cudart(memory)
+    modules["tensorrt"] = fake
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in CUDA_MODULES["cuda-python" if binding == "pycuda" else "pycuda"]:
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    return fake

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 from calib_support import export_nano_onnx, write_folder_tree
-from export_fake_tensorrt import FakeDeviceMemory, FakeTensorRTForWiringTests
-from fake_cuda_bindings import CUDA_MODULES, make_fake_pycuda
+from export_fake_tensorrt import FakeTensorRTForWiringTests
+from fake_cuda_bindings import CUDA_MODULES, install_fake_gpu
 
 from meanloc.calibration.cache import build_cache, read_calibration_cache
 from meanloc.calibration.calibset import from_folder
@@ -24,14 +24,7 @@ from meanloc.errors import MeanlocError
 @pytest.fixture()
 def fake_trt(monkeypatch):
     """Fake TensorRT 10.3 and a fake pycuda whose "device" memory is host memory."""
-    memory = FakeDeviceMemory()
-    fake = FakeTensorRTForWiringTests("10.3.0.26", memory=memory)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    for name, module in make_fake_pycuda(memory).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    for name in CUDA_MODULES["cuda-python"]:
-        monkeypatch.setitem(sys.modules, name, None)
-    return fake
+    return install_fake_gpu(monkeypatch, "10.3.0.26")
 
 
 def _batches(count, batch=2, size=8, seed=0):

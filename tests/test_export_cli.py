@@ -7,8 +7,8 @@ import sys
 import onnx
 import pytest
 import torch
-from export_fake_tensorrt import FakeDeviceMemory, FakeTensorRTForWiringTests
-from fake_cuda_bindings import make_fake_pycuda
+from export_fake_tensorrt import FakeTensorRTForWiringTests
+from fake_cuda_bindings import install_fake_gpu
 
 from meanloc.cli import main
 from meanloc.training.checkpoint import save_checkpoint
@@ -125,9 +125,7 @@ def test_export_engine_refuses_corrupt_and_foreign_onnx(exported, capsys, tmp_pa
 def test_export_engine_builds_then_reuses_and_refuses_what_trt_cannot_build(
     exported, capsys, tmp_path, monkeypatch
 ):
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRTForWiringTests("8.5.2.2"))
-    for name, module in make_fake_pycuda(FakeDeviceMemory()).items():  # the GPU probe the sidecar records
-        monkeypatch.setitem(sys.modules, name, module)
+    install_fake_gpu(monkeypatch, "8.5.2.2")  # with the CUDA binding whose GPU probe the sidecar records
     args = [
         "export",
         "engine",

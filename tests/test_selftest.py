@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from export_fake_tensorrt import FakeDeviceMemory, FakeTensorRTForWiringTests
-from fake_cuda_bindings import CUDA_MODULES, make_fake_pycuda
+from fake_cuda_bindings import install_fake_gpu
 from onnx import numpy_helper
 
 from meanloc.export.onnx_graph import decomposed_layernorms, l2_normalisation_nodes
@@ -91,19 +90,7 @@ def test_selftest_options_are_checked(tmp_path):
 
 @pytest.fixture
 def fake_device(monkeypatch):
-    """Install a fake TensorRT of the given version with fake pycuda over shared host "device" memory."""
-
-    def install(version="10.3.0.26", **behaviour):
-        memory = FakeDeviceMemory()
-        fake = FakeTensorRTForWiringTests(version, memory=memory, **behaviour)
-        monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        for name, module in make_fake_pycuda(memory).items():
-            monkeypatch.setitem(sys.modules, name, module)
-        for name in CUDA_MODULES["cuda-python"]:
-            monkeypatch.setitem(sys.modules, name, None)
-        return fake
-
-    return install
+    return lambda version="10.3.0.26", **behaviour: install_fake_gpu(monkeypatch, version, **behaviour)
 
 
 @pytest.mark.parametrize(("version", "opset"), [("8.5.2.2", 16), ("10.3.0.26", 17)])

@@ -18,10 +18,9 @@ import pytest
 from export_fake_tensorrt import (
     SINGLE_LOGGER_WARNING,
     FakeDeviceMemory,
-    FakeTensorRTForWiringTests,
     reference_embeddings,
 )
-from fake_cuda_bindings import CUDA_MODULES, make_fake_cudart, make_fake_pycuda
+from fake_cuda_bindings import CUDA_MODULES, install_fake_gpu, make_fake_cudart
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_json, new_manifest, sha256_file
@@ -39,19 +38,8 @@ SIZE, DIM = 8, 4
 @pytest.fixture(params=["pycuda", "cuda-python"])
 def fake_gpu(request, monkeypatch):
     """Fake TensorRT plus ONE fake CUDA binding (the other made unimportable)."""
-    memory = FakeDeviceMemory()
-    if request.param == "pycuda":
-        modules = make_fake_pycuda(memory)
-        absent = CUDA_MODULES["cuda-python"]
-    else:
-        modules = make_fake_cudart(memory)
-        absent = CUDA_MODULES["pycuda"]
-    modules["tensorrt"] = FakeTensorRTForWiringTests("10.3.0.30", memory=memory, num_dla_cores=2)
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    for name in absent:
-        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
-    return types.SimpleNamespace(binding=request.param, memory=memory, trt=modules["tensorrt"])
+    fake = install_fake_gpu(monkeypatch, "10.3.0.30", binding=request.param, num_dla_cores=2)
+    return types.SimpleNamespace(binding=request.param, memory=fake.memory, trt=fake)
 
 
 def write_engine(
