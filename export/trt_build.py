@@ -36,6 +36,10 @@ from .engine_options import EngineOptions
 from .int8_check import int8_layer_report, scale_failures
 from .onnx_graph import fp32_sensitive_nodes, output_tensors_of
 
+POLYGRAPHY_HINT = (
+    "building engines needs Polygraphy: pip install 'polygraphy>=0.49.1' (pure Python, no dependencies: "
+    "it leaves JetPack's numpy and TensorRT alone)"
+)
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 QUANTIZABLE_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -171,9 +175,12 @@ def _create_config(
     monitor: Any | None,
     pinned: int,
 ) -> Any:
-    from polygraphy.backend.trt import CreateConfig, Profile
-    from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
+    try:
+        from polygraphy.backend.trt import CreateConfig, Profile
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+    except ImportError:
+        raise MeanlocError(POLYGRAPHY_HINT) from None
 
     def shape(batch: int) -> tuple[int, int, int, int]:
         return (batch, 3, input_size, input_size)

@@ -66,6 +66,9 @@ def format_report(report: Mapping[str, Any]) -> List[str]:
     if report.get("auto"):
         lines.append(_line("auto choice", "; ".join(
             ".{} -> {}".format(suffix, _describe_choice(choice)) for suffix, choice in report["auto"].items())))
+    if env.get("tensorrt_version"):
+        lines.append(_line("polygraphy", env.get("polygraphy_version")
+                           or "MISSING - pip install 'polygraphy>=0.49.1' (to build engines here)"))
     lines.append(_line("numpy", env.get("numpy_version") or "MISSING - pip install 'numpy<2'"))
     if env.get("opencv_version"):
         gstreamer = "with GStreamer" if env.get("opencv_gstreamer") else "without GStreamer (no CSI camera pipelines)"

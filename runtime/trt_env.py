@@ -72,6 +72,7 @@ def describe_environment(probe_dla: bool = True) -> Dict[str, Any]:
     env["numpy_version"] = module_version("numpy")
     env["opencv_version"], env["opencv_gstreamer"] = _opencv_info()
     env["pycuda_version"] = module_version("pycuda")
+    env["polygraphy_version"] = module_version("polygraphy")  # builds engines (export/trt_build.py)
     env["cuda_python_version"] = distribution_version("cuda-python") or distribution_version("cuda-bindings")
     return env
 

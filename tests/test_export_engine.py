@@ -554,3 +554,11 @@ def test_defect_11_a_cache_tensorrt_calibrated_on_the_device_builds(onnx_files, 
     cache.write_text("\n".join([f"TRT-{fake.version_code}-EntropyCalibration2", *(f"{n}: 3c010204" for n in names)]) + "\n")
     result = _build(onnx_files[17], tmp_path / "a.engine", fake, precision="int8-implicit", calibration_cache=cache)
     assert result.sidecar.calibration_header == "TRT-100300-EntropyCalibration2"
+
+
+def test_missing_polygraphy_says_how_to_install(onnx_files, tmp_path, use_trt, monkeypatch):
+    fake = use_trt("10.3.0.26")
+    monkeypatch.setitem(sys.modules, "polygraphy", None)
+    monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", None)
+    with pytest.raises(MeanlocError, match=r"needs Polygraphy: pip install 'polygraphy>=0.49.1'"):
+        _build(onnx_files[17], tmp_path / "a.engine", fake)
