@@ -70,7 +70,8 @@ def run_selftest(
         tensorrt={},
     )
     with tempfile.TemporaryDirectory(prefix="meanloc-selftest-") as work:
-        inputs = _inputs(Path(work), onnx, qdq_onnx, calib_cache, env.get("tensorrt_version"), report)
+        usable_trt = env.get("tensorrt_version") if trt_reason is None else None
+        inputs = _inputs(Path(work), onnx, qdq_onnx, calib_cache, usable_trt, report)
         images = _eval_images(inputs)
         reference = _reference(inputs, images, report)
         report["onnxruntime"] = _onnxruntime_part(inputs, images, reference, iterations)

@@ -132,3 +132,10 @@ def test_gpu_selftest_passes_on_this_tensorrt_host(tmp_path):
     """The real thing: every precision builds and runs here and meets the cosine gates."""
     report = run_selftest(out=str(tmp_path / "selftest.json"), iterations=20)
     assert report["tensorrt"]["status"] == "ran" and passed(report), "\n".join(report["summary"])
+
+
+def test_selftest_skips_an_unsupported_tensorrt_in_one_line(fake_device, tmp_path):
+    fake_device("11.0.0.1")
+    report = run_selftest(out=str(tmp_path / "r.json"), iterations=2, echo=lambda line: None)
+    assert report["tensorrt"]["status"] == "skipped" and "TensorRT 11.0.0.1 is not supported" in report["tensorrt"]["reason"]
+    assert report["onnxruntime"]["fp32"]["status"] == "ok" and passed(report)
