@@ -152,6 +152,7 @@ def test_tensorrt_provider_options_carry_precision_cache_and_profile(tmp_path):
     assert options["trt_engine_cache_path"] == str(tmp_path) and options["trt_engine_cache_enable"] == "True"
     assert options["trt_profile_min_shapes"] == "images:1x3x64x64"
     assert options["trt_profile_max_shapes"] == "images:8x3x64x64"
+    assert options["trt_profile_opt_shapes"] == "images:1x3x64x64"  # kernels tuned for the loop's batch 1
     assert options["trt_int8_calibration_table_name"] == "calib.cache"
     assert options["trt_max_workspace_size"] == str(1 << 28)
     assert options["trt_builder_optimization_level"] == "4"

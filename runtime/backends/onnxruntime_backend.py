@@ -18,10 +18,10 @@ from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependenc
 
 from ..artifacts import ensure_writable_dir, sha256_file
 from ..identity import ModelIdentity
+from ..onnx_contract import INPUT_NAME
 from ..trt_env import module_version
 from .base import EmbeddingBackend, l2_normalise, pad_batch
 
-INPUT_NAME = "images"
 DEFAULT_MAX_BATCH = 32
 
 # Short names users type -> ONNX Runtime provider names, best first (the automatic choice order).
@@ -77,9 +77,10 @@ def tensorrt_provider_options(
         "trt_engine_cache_path": cache_dir,
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": cache_dir,
-        # One profile covering every batch the backend will send, so no rebuild at run time.
+        # One profile covering every batch the backend will send, so no rebuild at run time, tuned
+        # for batch 1 (the onboard loop's batch; "opt" is the shape kernels are chosen for).
         "trt_profile_min_shapes": shape.format(1),
-        "trt_profile_opt_shapes": shape.format(max_batch),
+        "trt_profile_opt_shapes": shape.format(1),
         "trt_profile_max_shapes": shape.format(max_batch),
         "trt_fp16_enable": str(bool(settings.fp16)),
         "trt_int8_enable": str(bool(settings.int8)),
