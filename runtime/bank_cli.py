@@ -1,4 +1,4 @@
-"""`meanloc bank build|info|verify|merge`: satellite embedding banks.
+"""`meanloc bank build|index|info|verify|merge`: satellite embedding banks.
 
 Heavy imports (onnxruntime, OpenCV, rasterio, pyproj) happen inside the handlers, so `--help`
 is instant and nothing here imports torch. Python 3.8 compatible.
@@ -48,7 +48,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    build.add_argument(
+        "--no-index", action="store_true", help="skip the compressed search index (add it later: bank index)"
+    )
     build.set_defaults(handler=_build)
+
+    index = sub.add_parser(
+        "index", help="add the compressed global-search index to a bank (done by build and merge)"
+    )
+    index.add_argument("bank", help="bank folder")
+    index.add_argument("--overwrite", action="store_true", help="rebuild an existing index")
+    index.set_defaults(handler=_index)
 
     info = sub.add_parser("info", help="summarise a bank (model, size, area)")
     info.add_argument("bank", help="bank folder")
@@ -63,6 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser("merge", help="merge banks of the same model into one (tiles re-numbered)")
     merge.add_argument("banks", nargs="+", help="bank folders, in order")
     merge.add_argument("--out", required=True, help="merged bank folder to write")
+    merge.add_argument("--no-index", action="store_true", help="skip the compressed search index")
     merge.set_defaults(handler=_merge)
 
 
@@ -92,6 +103,7 @@ def _build(args: argparse.Namespace) -> int:
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
+        "index": not args.no_index,
     }
     with open_backend(args.model, backend=args.backend) as backend:
         if args.orthophoto:
@@ -121,11 +133,48 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    import time
+
+    from .bank import build_index
+    from .bank.index import has_index
+    from .bank.store import read_manifest
+
+    if has_index(read_manifest(args.bank)) and not args.overwrite:
+        raise MeanlocError("bank {} already has an index; pass --overwrite to rebuild it".format(args.bank))
+    started = time.monotonic()
+    manifest = build_index(args.bank)
+    print(
+        "bank {}: index of {} tiles written in {:.1f} s ({})".format(
+            args.bank, manifest["count"], time.monotonic() - started, _index_summary(args.bank, manifest)
+        )
+    )
+    return 0
+
+
+def _index_summary(bank_dir: str, manifest: dict) -> str:
+    from pathlib import Path
+
+    from .bank.index import INDEX_FILES, INDEX_SECTION, faiss_or_none
+
+    entry = manifest.get(INDEX_SECTION)
+    if entry is None:
+        return "none: global searches are exact (add one with `meanloc bank index`)"
+    size_mb = sum((Path(bank_dir) / name).stat().st_size for name in INDEX_FILES) / 1e6
+    return "{} v{}, {} bytes/tile ({:.1f} MB); scan here: {}".format(
+        entry.get("kind"),
+        entry.get("version"),
+        entry.get("code_bytes"),
+        size_mb,
+        "faiss" if faiss_or_none() is not None else "numpy (pip install faiss-cpu scans ~5x faster)",
+    )
+
+
 def _info(args: argparse.Namespace) -> int:
     from .bank import SatelliteBank
     from .bank.store import EMBEDDINGS_FILE
 
-    bank = SatelliteBank.open(args.bank, device="cpu")
+    bank = SatelliteBank.open(args.bank, device="cpu", engine="exact", float32_in_memory=False)
     if args.tiles_csv:
         from .artifacts import atomic_write_text
         from .bank.tiles import tiles_csv_text
@@ -164,6 +213,7 @@ def _info(args: argparse.Namespace) -> int:
             " (+{} more)".format(len(tiles.sources) - 3) if len(tiles.sources) > 3 else "",
         ),
         "created:     {}".format(bank.manifest.get("created_utc", "?")),
+        "index:       {}".format(_index_summary(args.bank, bank.manifest)),
     ]
     print("\n".join(lines))
     return 0
@@ -180,13 +230,13 @@ def _verify(args: argparse.Namespace) -> int:
             print("meanloc: bank {}: {}".format(args.bank, problem), file=sys.stderr)
         print("FAILED: {} problem(s)".format(len(problems)))
         return 1
-    print("OK: {} (hashes, shapes, norms and tile table match the manifest)".format(args.bank))
+    print("OK: {} (hashes, shapes, norms, tile table and search index match the manifest)".format(args.bank))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from .bank import merge_banks
 
-    manifest = merge_banks(args.banks, args.out)
+    manifest = merge_banks(args.banks, args.out, index=not args.no_index)
     print("merged {} banks into {}: {} tiles".format(len(args.banks), args.out, manifest["count"]))
     return 0

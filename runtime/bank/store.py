@@ -6,12 +6,14 @@ A bank is a folder:
   manifest.json    kind "bank": model identity, dim, count, local frame, tile sources, build
                    parameters and the sha256 of every array file. Written last: a folder
                    without it is not a bank.
+Derived sections computed from a written bank (the compressed search index, `index.py`) add
+their own files and an entry of the same name to the manifest (`set_manifest_section`).
 Python 3.8 compatible; needs only numpy.
 """
 
 import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -37,6 +39,7 @@ MANIFEST_FILE = "manifest.json"
 EMBEDDING_DTYPE = "float16"
 # Rows are checked to be unit length within this tolerance (float16 rounding is ~1e-3).
 NORM_TOLERANCE = 0.02
+_BANK_KEYS = ("identity", "dim", "count", "local_frame", "sources", "files")
 
 
 def write_bank(
@@ -91,6 +94,26 @@ def write_bank(
     return manifest
 
 
+def set_manifest_section(
+    bank_dir: Path, name: str, entry: Optional[Mapping[str, Any]], file_names: Sequence[str]
+) -> Dict[str, Any]:
+    """Describe a derived part of a bank (e.g. its search index) in its manifest: `entry` under
+    `name` plus the sha256 of `file_names`; with `entry` None, remove both. Rewrites manifest.json
+    atomically; the embeddings and tile table are untouched. Returns the new manifest."""
+    bank_dir = Path(bank_dir)
+    manifest = read_manifest(bank_dir)
+    if name in _BANK_KEYS:
+        raise MeanlocError("internal: '{}' is not a derived section of a bank".format(name))
+    files = {key: value for key, value in manifest["files"].items() if key not in file_names}
+    manifest.pop(name, None)
+    if entry is not None:
+        manifest[name] = dict(entry)
+        files.update({file_name: {"sha256": sha256_file(bank_dir / file_name)} for file_name in file_names})
+    manifest["files"] = files
+    atomic_write_json(bank_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
 def read_manifest(bank_dir: Path) -> Dict[str, Any]:
     bank_dir = Path(bank_dir)
     if not bank_dir.is_dir():
@@ -102,7 +125,7 @@ def read_manifest(bank_dir: Path) -> Dict[str, Any]:
         )
     manifest = read_json(path, "bank manifest")
     check_manifest_kind(manifest, BANK_KIND, str(path))
-    for key in ("identity", "dim", "count", "local_frame", "sources", "files"):
+    for key in _BANK_KEYS:
         if key not in manifest:
             raise MeanlocError("bank manifest {} lacks '{}'".format(path, key))
     return manifest
@@ -197,4 +220,6 @@ def verify_bank(bank_dir: Path, block_rows: int = 65536) -> List[str]:
         problems.append("{} refers to tile sources missing from the manifest".format(TILES_FILE))
     if not (np.all(np.abs(records["center_lat"]) <= 90) and np.all(np.abs(records["center_lon"]) <= 180)):
         problems.append("{} has tile centres outside valid lat/lon".format(TILES_FILE))
-    return problems
+    from .index import verify_index  # index.py builds on this module
+
+    return problems + verify_index(bank_dir, manifest, embeddings)
