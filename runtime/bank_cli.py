@@ -14,7 +14,11 @@ from meanloc.errors import MeanlocError
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bank_command", metavar="<action>")
 
-    build = sub.add_parser("build", help="embed satellite tiles into a bank (resumable)")
+    build = sub.add_parser(
+        "build",
+        help="embed satellite tiles into a bank (resumable; under `torchrun --nproc-per-node N -m meanloc "
+        "bank build ...` the ranks share the work)",
+    )
     build.add_argument("--model", required=True, help="embedding model: .onnx, .engine or a checkpoint")
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--orthophoto", help="georeferenced GeoTIFF to cut into north-up tiles")
@@ -44,6 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=4096, help="tiles per resumable shard (default 4096)"
     )
     build.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    build.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for ONNX Runtime/PyTorch (default: all cores, shared evenly by torchrun's ranks)",
+    )
+    build.add_argument(
+        "--workers", type=int, default=None,
+        help="threads that read, cut and preprocess tiles ahead of inference (default: up to 4; 0 = none)",
+    )
     build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
@@ -93,19 +105,29 @@ def _build(args: argparse.Namespace) -> int:
     from meanloc.runtime.backends import open_backend
 
     from .bank import build_bank_from_orthophoto, build_bank_from_tiles
+    from .bank.sharding import Ranks
 
     if args.tiles_dir and not args.tiles_csv:
         raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
     if args.orthophoto and args.tiles_csv:
         raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
+    for name in ("threads", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "threads" else 0):
+            raise MeanlocError("--{} must be >= {}, got {}".format(name, 1 if name == "threads" else 0, value))
+    ranks = Ranks.from_environment()
+    ranks.pin_gpu()  # before any CUDA library starts: one GPU per rank
+    threads = args.threads if args.threads is not None else (ranks.cpu_threads() if ranks.distributed else None)
     options = {
         "batch": args.batch,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
         "index": not args.no_index,
+        "workers": args.workers,
+        "ranks": ranks,
     }
-    with open_backend(args.model, backend=args.backend) as backend:
+    with open_backend(args.model, backend=args.backend, threads=threads, max_batch=args.batch) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
                 args.orthophoto,
@@ -120,6 +142,13 @@ def _build(args: argparse.Namespace) -> int:
             )
         else:
             result = build_bank_from_tiles(args.tiles_dir, args.tiles_csv, backend, args.out, **options)
+    if not ranks.is_main:
+        print(
+            "rank {}/{}: shards built {}, reused {}; rank 0 assembles the bank".format(
+                ranks.rank, ranks.world_size, result.shards_built, result.shards_reused
+            )
+        )
+        return 0
     print(
         "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
             result.path,

@@ -12,6 +12,7 @@ Python 3.8 compatible; needs only numpy.
 """
 
 import datetime
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -88,10 +89,23 @@ def write_bank(
         sources=[{"id": str(s["id"]), "sha256": str(s["sha256"])} for s in sources],
         files={name: {"sha256": sha256_file(out_dir / name)} for name in (EMBEDDINGS_FILE, TILES_FILE)},
         build=dict(build),
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created_utc=_created_utc(),
     )
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _created_utc() -> str:
+    """Now, or SOURCE_DATE_EPOCH when it is set (reproducible-builds.org): builds of the same tiles
+    with the same model, on one process or many, are then identical to the byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    try:
+        when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise MeanlocError("SOURCE_DATE_EPOCH must be seconds since 1970, got {!r}".format(epoch)) from None
+    return when.isoformat(timespec="seconds")
 
 
 def set_manifest_section(
