@@ -216,22 +216,45 @@ def faiss_or_none() -> Any:
     return faiss
 
 
+# FAISS's `hammings` is only sound for codes of 8, 16, 32 or 64 bytes in the releases Jetson's numpy
+# 1.x can use (1.7.4 and 1.8.0 crash on 96-byte codes), so longer codes are scanned in such parts.
+_FAISS_PART_BYTES = (64, 32, 16, 8)
+
+
 class _FaissScan:
-    """Hamming distances to every code with FAISS's `hammings` (SIMD popcount)."""
+    """Hamming distances to every code with FAISS's `hammings` (SIMD popcount), summed over parts
+    of the codes of 64, 32, 16 or 8 bytes (zero bytes pad a code to a multiple of 8)."""
 
     name = "faiss"
 
     def __init__(self, faiss: Any, codes: np.ndarray) -> None:
         self._faiss = faiss
-        self._codes = codes
+        width = -(-codes.shape[1] // 8) * 8
+        self._pad = width - codes.shape[1]
+        self._parts = []  # type: List[Tuple[slice, np.ndarray]]
+        start = 0
+        while start < width:
+            size = next(part for part in _FAISS_PART_BYTES if part <= width - start)
+            columns = slice(start, start + size)
+            padded = np.zeros((len(codes), size), dtype=np.uint8)
+            real = slice(start, min(start + size, codes.shape[1]))
+            padded[:, : real.stop - real.start] = codes[:, real]
+            self._parts.append((columns, padded))
+            start += size
         self._out = np.empty(len(codes), dtype=np.int32)
+        self._part_out = np.empty(len(codes), dtype=np.int32) if len(self._parts) > 1 else self._out
 
     def distances(self, code: np.ndarray) -> np.ndarray:
-        code = np.ascontiguousarray(code.reshape(1, -1), dtype=np.uint8)
+        code = code.reshape(-1)
+        if self._pad:
+            code = np.concatenate([code, np.zeros(self._pad, dtype=np.uint8)])
         swig_ptr = self._faiss.swig_ptr
-        self._faiss.hammings(
-            swig_ptr(code), swig_ptr(self._codes), 1, len(self._codes), self._codes.shape[1], swig_ptr(self._out)
-        )
+        for index, (columns, part) in enumerate(self._parts):
+            query = np.ascontiguousarray(code[columns], dtype=np.uint8)
+            out = self._out if index == 0 else self._part_out
+            self._faiss.hammings(swig_ptr(query), swig_ptr(part), 1, len(part), part.shape[1], swig_ptr(out))
+            if index:
+                self._out += out
         return self._out
 
     def close(self) -> None:
@@ -266,8 +289,8 @@ def _popcount_rows(words: np.ndarray) -> np.ndarray:
 
 
 class _NumpyScan:
-    """Hamming distances with numpy: XOR and popcount over 64-bit words, in blocks spread over
-    threads (numpy releases the GIL in ufuncs)."""
+    """Hamming distances with numpy: XOR and popcount over 64-bit words (bytes when a code is not
+    a whole number of words), in blocks spread over threads (numpy releases the GIL in ufuncs)."""
 
     name = "numpy"
 
@@ -324,9 +347,10 @@ class IndexSearcher:
         if int(rerank) < 1:
             raise MeanlocError("rerank must be at least 1, got {}".format(rerank))
         self.embeddings = embeddings
-        self.codes = codes
         self.centre = centre
         self.rerank = int(rerank)
+        self.code_bytes = int(codes.shape[1])
+        self.count = int(codes.shape[0])
         faiss = None if scan == "numpy" else faiss_or_none()
         if scan == "faiss" and faiss is None:
             raise MeanlocError("index scan 'faiss' needs FAISS: pip install faiss-cpu (see docs/jetson.md on Jetson)")
@@ -366,8 +390,8 @@ class IndexSearcher:
             "kind": INDEX_KIND,
             "scan": self.scan_engine,
             "rerank": self.rerank,
-            "code_bytes": int(self.codes.shape[1]),
-            "index_mb": round((self.codes.nbytes + self.centre.nbytes) / 1e6, 1),
+            "code_bytes": self.code_bytes,
+            "index_mb": round((self.count * self.code_bytes + self.centre.nbytes) / 1e6, 1),
         }
 
     def close(self) -> None:
