@@ -7,8 +7,8 @@ its index built with `build_index`, as `meanloc bank build` does; then, in one r
   the numpy Hamming scan; reported: median / p90 ms, and how often the exact top-1 (blocked exact
   search over all rows) is inside the returned top-10 and is the returned top-1;
 - the exact single-query search of the same bank (float16 memmap) for the speed-up;
-- resident memory the index adds (RSS anonymous: codes, centre, distance buffer) and the
-  file-backed pages the searches map (bank rows re-ranked, libraries);
+- resident memory the index adds (RSS anonymous: codes, centre, distance buffers); the float16 bank
+  stays memory-mapped (page cache) and only the re-ranked rows are read;
 - cold cache: the bank's float16 pages dropped (madvise + posix_fadvise) before each query, so the
   re-ranked rows come from disk, as for a bank larger than RAM;
 - recall against the re-rank depth and against harder queries (cosine 0.4 and 0.3);
@@ -117,7 +117,6 @@ def bench_size(folder: Path, count: int, args: argparse.Namespace) -> dict:
             "inside": inside,
             "first": first,
             "anon_mb": after["RssAnon"] - before["RssAnon"],
-            "file_mb": after["RssFile"] - before["RssFile"],
         }
         if scan == "numpy" and "faiss" in result["scans"]:
             bank.close()
@@ -197,15 +196,15 @@ def markdown(results: list[dict], args, load_before: str, load_after: str) -> tu
         f"cosine 0.5 to a bank row; {machine_description()}; load average {load_before} before, {load_after} after",
         "",
         "| tiles | scan | median ms | p90 ms | exact top-1 in top-10 | exact top-1 first | exact search ms "
-        "| speed-up | index MB (RSS anon +MB) | RSS file-backed +MB | cold-cache median ms | index build s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| speed-up | index MB (RSS anon +MB) | cold-cache median ms | index build s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for scan, s in r["scans"].items():
             lines.append(
                 f"| {r['count']:,} | {scan} | {ms(s['median_s'])} | {ms(s['p90_s'])} | {100 * s['inside']:.1f} % "
                 f"| {100 * s['first']:.1f} % | {ms(r['exact_single_s'])} | {r['exact_single_s'] / s['median_s']:.0f}x "
-                f"| {r['index_mb']:.0f} ({s['anon_mb']:+.0f}) | {s['file_mb']:.0f} "
+                f"| {r['index_mb']:.0f} ({s['anon_mb']:+.0f}) "
                 f"| {ms(r['cold_s']) if scan == 'faiss' or len(r['scans']) == 1 else '-'} | {r['build_s']:.1f} |"
             )
     lines += ["", "Recall (exact top-1 inside the top-10) against the re-rank depth, and for harder queries:", ""]

@@ -258,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
     summary["model"] = args.model
     summary["bank"] = args.bank
+    summary["global_search"] = bank.describe()["global_search"]  # the bank's index, or "exact"
     if args.summary:
         atomic_write_json(args.summary, summary)
     print(format_summary(summary), file=sys.stderr)
