@@ -349,6 +349,29 @@ def test_interrupted_build_resumes_without_redoing_finished_shards(geotiff, tmp_
         build_bank(source(), again, out, **options)
 
 
+def test_loader_pool_keeps_tile_order_and_reports_a_failing_tile(geotiff, tmp_path):
+    ortho = Orthophoto.from_geotiff(geotiff)
+
+    def source():
+        return OrthophotoTileSource(ortho, 100.0, overlap=0.5, scales=(1.0,), tile_px=16, min_valid=0.5)
+
+    options = {"batch": 3, "shard_size": 7, "progress": False, "index": False}
+    plain = build_bank(source(), ProjectionBackend(_projection_identity()), tmp_path / "plain", workers=0, **options)
+    pooled = build_bank(source(), ProjectionBackend(_projection_identity()), tmp_path / "pool", workers=3, **options)
+    for name in ("embeddings.npy", "tiles.npy"):
+        assert (plain.path / name).read_bytes() == (pooled.path / name).read_bytes()
+
+    class Broken(OrthophotoTileSource):
+        def load(self, index):
+            if index == 11:
+                raise MeanlocError("tile 11 is unreadable")
+            return super().load(index)
+
+    broken = Broken(ortho, 100.0, overlap=0.5, scales=(1.0,), tile_px=16, min_valid=0.5)
+    with pytest.raises(MeanlocError, match="tile 11 is unreadable"):
+        build_bank(broken, ProjectionBackend(_projection_identity()), tmp_path / "broken", workers=3, **options)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line: build, info, verify, merge
 
