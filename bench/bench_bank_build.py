@@ -83,22 +83,24 @@ def make_tile_files(folder: Path, tiles: int) -> tuple[Path, Path]:
     return tiles_dir, listing
 
 
-def ceiling(backend, batches: list[np.ndarray]) -> float:
-    """Tiles per second of the model alone on preprocessed batches."""
-    started = time.perf_counter()
+def ceiling(backend, batches: list[np.ndarray]) -> tuple[float, float]:
+    """(tiles per second, CPU seconds per tile) of the model alone on preprocessed batches."""
+    started, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         backend.embed(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+    tiles = sum(len(b) for b in batches)
+    return tiles / (time.perf_counter() - started), (time.process_time() - cpu) / tiles
 
 
-def build_rate(make_source, backend, work: Path, batch: int, workers: int) -> float:
+def build_rate(make_source, backend, work: Path, batch: int, workers: int) -> tuple[float, float]:
+    """(tiles per second, CPU seconds per tile) of a whole `build_bank`."""
     source = make_source(backend)
     out = work / "bank"
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     build_bank(source, backend, out, batch=batch, shard_size=4096, progress=False, workers=workers, ranks=Ranks())
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     shutil.rmtree(out)
-    return len(source) / elapsed
+    return len(source) / elapsed, cpu / len(source)
 
 
 def tiles_for(backend, args: argparse.Namespace) -> int:
@@ -141,22 +143,26 @@ def bench_preset(preset: str, args: argparse.Namespace, work: Path) -> list[tupl
     configs += [("model alone (ceiling), I/O binding off", None, False, None),
                 ("build, orthophoto, loader pool, I/O binding off", "orthophoto", False, default_workers())]
     rates = {c[0]: [] for c in configs}
+    cpu_costs = {c[0]: [] for c in configs}
     for round_index in range(args.rounds + 1):  # round 0 warms up every session and cache
         for label, source, binding, workers in configs:
             print(f"{preset} round {round_index}: {label}", file=sys.stderr, flush=True)
             if source is None:
-                rate = ceiling(backends[binding], batches)
+                rate, cpu = ceiling(backends[binding], batches)
             else:
-                rate = build_rate(sources[source], backends[binding], work, args.batch, workers)
+                rate, cpu = build_rate(sources[source], backends[binding], work, args.batch, workers)
             if round_index:
                 rates[label].append(rate)
+                cpu_costs[label].append(cpu)
     for backend in backends.values():
         backend.close()
     medians = {label: statistics.median(values) for label, values in rates.items()}
+    cpu = {label: statistics.median(values) for label, values in cpu_costs.items()}
     rows = []
     for label, _, binding, _ in configs:
-        reference = medians["model alone (ceiling)" + ("" if binding else ", I/O binding off")]
-        rows.append((preset, spec.size, f"{label} ({count} tiles)", medians[label], medians[label] / reference))
+        reference = "model alone (ceiling)" + ("" if binding else ", I/O binding off")
+        rows.append((preset, spec.size, f"{label} ({count} tiles)", medians[label], medians[label] / medians[reference],
+                     1e3 * cpu[label], cpu[reference] / cpu[label]))
     if args.distributed:
         rows += distributed(onnx, geotiff, work, args, preset, spec.size)
     return rows
@@ -181,7 +187,7 @@ def distributed(onnx: Path, geotiff: Path, work: Path, args, preset: str, size: 
     count = len(np.load(str(folders["1 process"] / "embeddings.npy"), mmap_mode="r"))
     return [(preset, size, f"`meanloc bank build`, {label} ({count} tiles, shards of {args.batch}"
              + (f"; bank byte-identical: {'yes' if identical else 'NO'})" if "torchrun" in label else ")"),
-             count / times[label], times["1 process"] / times[label]) for label in times]
+             count / times[label], times["1 process"] / times[label], None, None) for label in times]
 
 
 def main() -> int:
@@ -211,16 +217,16 @@ def main() -> int:
         f"{args.rounds} interleaved rounds after a warm-up; {machine_description()}; load average {load_before} "
         f"before, {load_average()} after\n"
     )
-    print("| model | input px | configuration | tiles/s | vs ceiling (torchrun rows: speed-up) | ms per tile beyond the model |")
-    print("|---|---:|---|---:|---:|---:|")
-    ceilings = {}
-    for preset, size, label, rate, ratio in rows:
-        if label.startswith("model alone"):
-            ceilings.setdefault(preset, rate)
-        extra = f"{1e3 / rate - 1e3 / ceilings[preset]:.1f}" if label.startswith("build") else "-"
-        print(f"| {preset} | {size} | {label} | {rate:.2f} | {ratio:.2f} | {extra} |")
+    print("| model | input px | configuration | tiles/s | vs ceiling (torchrun rows: speed-up) | CPU ms per tile "
+          "| CPU cost of the model / of this row |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for preset, size, label, rate, ratio, cpu_ms, cpu_ratio in rows:
+        cpu_cells = f"{cpu_ms:.1f} | {cpu_ratio:.2f}" if cpu_ms is not None else "- | -"
+        print(f"| {preset} | {size} | {label} | {rate:.2f} | {ratio:.2f} | {cpu_cells} |")
+    print("\nCPU ms per tile: this process's CPU time (all threads) per tile; its ratio does not depend on what "
+          "else the machine runs, and on a CPU-only machine bounds the throughput ratio.")
     gate = set(args.gate.split(","))
-    pooled = [(p, label, ratio) for p, _, label, _, ratio in rows if "loader pool" in label and "off" not in label]
+    pooled = [(p, label, ratio) for p, _, label, _, ratio, _, _ in rows if "loader pool" in label and "off" not in label]
     met = all(ratio >= TARGET for p, _, ratio in pooled if p in gate)
     print("\nBuild with the loader pool vs the model alone: "
           + ", ".join(f"{p} {label.split(',')[1].strip()} {ratio:.2f}" for p, label, ratio in pooled)

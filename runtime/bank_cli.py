@@ -195,7 +195,7 @@ def _index_summary(bank_dir: str, manifest: dict) -> str:
         entry.get("version"),
         entry.get("code_bytes"),
         size_mb,
-        "faiss" if faiss_or_none() is not None else "numpy (pip install faiss-cpu scans ~5x faster)",
+        "faiss" if faiss_or_none() is not None else "numpy (pip install faiss-cpu scans several times faster)",
     )
 
 
