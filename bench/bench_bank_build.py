@@ -14,7 +14,7 @@ rank with half the cores), wall time including process start-up, and whether the
 byte-identical.
 Target (issue 17): pooled build >= 80 % of the ceiling. Exit status 1 if missed.
 
-Usage: python bench/bench_bank_build.py [--presets mean-paper,mean-small] [--tiles 32] [--batch 16] [--rounds 2] [--distributed]
+Usage: python bench/bench_bank_build.py [--presets mean-paper,mean-small] [--tiles 32] [--batch 16] [--rounds 3] [--distributed]
 """
 
 import argparse
@@ -201,7 +201,7 @@ def main() -> int:
         "than tiling cannot reach it, since tiling and inference share the cores)",
     )
     parser.add_argument("--batch", type=int, default=16, help="inference batch size (ceiling and builds)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds after one warm-up round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds after one warm-up round")
     parser.add_argument("--distributed", action="store_true", help="also time 1 process vs torchrun with 2")
     args = parser.parse_args()
     load_before = load_average()
