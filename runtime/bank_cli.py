@@ -1,4 +1,4 @@
-"""`meanloc bank build|info|verify|merge`: satellite embedding banks.
+"""`meanloc bank build|index|info|verify|merge`: satellite embedding banks.
 
 Heavy imports (onnxruntime, OpenCV, rasterio, pyproj) happen inside the handlers, so `--help`
 is instant and nothing here imports torch. Python 3.8 compatible.
@@ -6,7 +6,7 @@ is instant and nothing here imports torch. Python 3.8 compatible.
 
 import argparse
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from meanloc.errors import MeanlocError
 
@@ -14,7 +14,11 @@ from meanloc.errors import MeanlocError
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bank_command", metavar="<action>")
 
-    build = sub.add_parser("build", help="embed satellite tiles into a bank (resumable)")
+    build = sub.add_parser(
+        "build",
+        help="embed satellite tiles into a bank (resumable; under `torchrun --nproc-per-node N -m meanloc "
+        "bank build ...` the ranks share the work)",
+    )
     build.add_argument("--model", required=True, help="embedding model: .onnx, .engine or a checkpoint")
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--orthophoto", help="georeferenced GeoTIFF to cut into north-up tiles")
@@ -52,10 +56,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="--tiles-dir: skip (and count) damaged, truncated or unreadable tile images instead of "
                        "refusing to build")
     build.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for ONNX Runtime/PyTorch (default: all cores, shared evenly by torchrun's ranks)",
+    )
+    build.add_argument(
+        "--workers", type=int, default=None,
+        help="threads that read, cut and preprocess tiles ahead of inference (default: up to 4; 0 = none)",
+    )
+    build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    build.add_argument(
+        "--no-index", action="store_true", help="skip the compressed search index (add it later: bank index)"
+    )
     build.set_defaults(handler=_build)
+
+    index = sub.add_parser(
+        "index", help="add the compressed global-search index to a bank (done by build and merge)"
+    )
+    index.add_argument("bank", help="bank folder")
+    index.add_argument("--overwrite", action="store_true", help="rebuild an existing index")
+    index.set_defaults(handler=_index)
 
     info = sub.add_parser("info", help="summarise a bank (model, size, area)")
     info.add_argument("bank", help="bank folder")
@@ -71,6 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser("merge", help="merge banks of the same model into one (tiles re-numbered)")
     merge.add_argument("banks", nargs="+", help="bank folders, in order")
     merge.add_argument("--out", required=True, help="merged bank folder to write")
+    merge.add_argument("--no-index", action="store_true", help="skip the compressed search index")
     merge.set_defaults(handler=_merge)
 
 
@@ -87,30 +110,53 @@ def _parse_scales(text: str) -> List[float]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .artifacts import remove_orphan_temp_files
+    from .bank.build import SHARDS_DIR
+    from .bank.sharding import Ranks
+    from .run_folder import folder_lock, lock_path_for
+
     if args.tiles_dir and not args.tiles_csv:
         raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
     if args.orthophoto and args.tiles_csv:
         raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
     if args.skip_bad_images and not args.tiles_dir:
         raise MeanlocError("--skip-bad-images goes with --tiles-dir (an orthophoto is one image)")
+    for name in ("threads", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "threads" else 0):
+            raise MeanlocError("--{} must be >= {}, got {}".format(name, 1 if name == "threads" else 0, value))
+    ranks = Ranks.from_environment()
+    ranks.pin_gpu()  # before any CUDA library starts: one GPU per rank
+    threads = args.threads if args.threads is not None else (ranks.cpu_threads() if ranks.distributed else None)
     options = {
         "batch": args.batch,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
         "overwrite": args.overwrite,
+        "index": not args.no_index,
+        "workers": args.workers,
+        "ranks": ranks,
     }
-    from pathlib import Path
-
-    from .artifacts import remove_orphan_temp_files
-    from .bank.build import SHARDS_DIR
-    from .run_folder import folder_lock, lock_path_for
-
-    # One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the first.
-    with folder_lock(lock_path_for(args.out), args.out, "meanloc bank build"):
-        for folder in (Path(args.out), Path(args.out) / SHARDS_DIR):
-            remove_orphan_temp_files(folder)  # left by a build killed while writing
-        result = _build_locked(args, options)
+    # One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the
+    # first. Under torchrun rank 0 holds the folder's lock and every other rank a lock of its own
+    # (ranks write disjoint shards; rank 0 alone assembles the bank).
+    out = Path(args.out)
+    lock = lock_path_for(out) if ranks.is_main else out / ".meanloc.rank{}.lock".format(ranks.rank)
+    with folder_lock(lock, out, "meanloc bank build"):
+        if ranks.is_main:
+            for folder in (out, out / SHARDS_DIR):
+                remove_orphan_temp_files(folder)  # left by a build killed while writing
+        result = _build_locked(args, options, threads)
+    if not ranks.is_main:
+        print(
+            "rank {}/{}: shards built {}, reused {}; rank 0 assembles the bank".format(
+                ranks.rank, ranks.world_size, result.shards_built, result.shards_reused
+            )
+        )
+        return 0
     print(
         "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
             result.path,
@@ -124,12 +170,12 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+def _build_locked(args: argparse.Namespace, options: Dict[str, Any], threads: Optional[int]) -> Any:
     from meanloc.runtime.backends import open_backend
 
     from .bank import build_bank_from_orthophoto, build_bank_from_tiles
 
-    with open_backend(args.model, backend=args.backend) as backend:
+    with open_backend(args.model, backend=args.backend, threads=threads, max_batch=args.batch) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
                 args.orthophoto,
@@ -148,6 +194,46 @@ def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     return result
 
 
+def _index(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .bank import build_index
+    from .bank.index import has_index
+    from .bank.store import read_manifest
+    from .run_folder import folder_lock, lock_path_for
+
+    if has_index(read_manifest(args.bank)) and not args.overwrite:
+        raise MeanlocError("bank {} already has an index; pass --overwrite to rebuild it".format(args.bank))
+    started = time.monotonic()
+    with folder_lock(lock_path_for(Path(args.bank)), args.bank, "meanloc bank index"):
+        manifest = build_index(args.bank)
+    print(
+        "bank {}: index of {} tiles written in {:.1f} s ({})".format(
+            args.bank, manifest["count"], time.monotonic() - started, _index_summary(args.bank, manifest)
+        )
+    )
+    return 0
+
+
+def _index_summary(bank_dir: str, manifest: dict) -> str:
+    from pathlib import Path
+
+    from .bank.index import INDEX_FILES, INDEX_SECTION, faiss_or_none
+
+    entry = manifest.get(INDEX_SECTION)
+    if entry is None:
+        return "none: global searches are exact (add one with `meanloc bank index`)"
+    size_mb = sum((Path(bank_dir) / name).stat().st_size for name in INDEX_FILES) / 1e6
+    return "{} v{}, {} bytes/tile ({:.1f} MB); scan here: {}".format(
+        entry.get("kind"),
+        entry.get("version"),
+        entry.get("code_bytes"),
+        size_mb,
+        "faiss" if faiss_or_none() is not None else "numpy (pip install faiss-cpu scans several times faster)",
+    )
+
+
 def _info(args: argparse.Namespace) -> int:
     from .bank import SatelliteBank
     from .bank.store import EMBEDDINGS_FILE
@@ -156,7 +242,7 @@ def _info(args: argparse.Namespace) -> int:
         from .artifacts import claim_output
 
         claim_output(args.tiles_csv, args.overwrite)
-    bank = SatelliteBank.open(args.bank, device="cpu")
+    bank = SatelliteBank.open(args.bank, device="cpu", engine="exact", float32_in_memory=False)
     if args.tiles_csv:
         from .artifacts import atomic_write_text
         from .bank.tiles import tiles_csv_text
@@ -195,6 +281,7 @@ def _info(args: argparse.Namespace) -> int:
             " (+{} more)".format(len(tiles.sources) - 3) if len(tiles.sources) > 3 else "",
         ),
         "created:     {}".format(bank.manifest.get("created_utc", "?")),
+        "index:       {}".format(_index_summary(args.bank, bank.manifest)),
     ]
     print("\n".join(lines))
     return 0
@@ -211,14 +298,14 @@ def _verify(args: argparse.Namespace) -> int:
             print("meanloc: bank {}: {}".format(args.bank, problem), file=sys.stderr)
         print("FAILED: {} problem(s)".format(len(problems)))
         return 1
-    print("OK: {} (hashes, shapes, norms and tile table match the manifest)".format(args.bank))
+    print("OK: {} (hashes, shapes, norms, tile table and search index match the manifest)".format(args.bank))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from .bank import merge_banks
 
-    manifest = merge_banks(args.banks, args.out)
+    manifest = merge_banks(args.banks, args.out, index=not args.no_index)
     print("merged {} banks into {}: {} tiles".format(len(args.banks), args.out, manifest["count"]))
     return 0
 

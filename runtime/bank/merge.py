@@ -12,6 +12,7 @@ import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
+from .index import build_index
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
@@ -25,8 +26,9 @@ from .store import (
 from .tiles import concatenate_records
 
 
-def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
-    """Merge `bank_dirs` (in order) into `out_dir`; returns the new manifest."""
+def merge_banks(bank_dirs: Sequence[Path], out_dir: Path, index: bool = True) -> Dict[str, Any]:
+    """Merge `bank_dirs` (in order) into `out_dir` (with a fresh search index unless `index` is
+    False); returns the new manifest."""
     if len(bank_dirs) < 2:
         raise MeanlocError("merge needs at least two banks")
     bank_dirs = [Path(d) for d in bank_dirs]
@@ -71,7 +73,8 @@ def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
     embeddings = [open_embeddings(d, m) for d, m in zip(bank_dirs, manifests)]
     for directory, manifest, array in zip(bank_dirs, manifests, embeddings):
         check_bank_integrity(directory, manifest, array)  # never copy damage into a new bank
-    return write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
+    manifest = write_bank(out_dir, embeddings, concatenate_records(record_parts), sources, first, build)
+    return build_index(out_dir) if index else manifest
 
 
 def _source_slot(sources: list, source: Dict[str, str]) -> int:
