@@ -48,6 +48,7 @@ from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.pipeline import CalibrationOutputs, calibrate, open_calibration_dir
 from meanloc.calibration.qdq import CPU_RECIPES, quantize_for_cpu
 from meanloc.calibration.ranges import collect_ranges
+from meanloc.runtime.onnx_contract import INPUT_NAME
 
 SPEED_TARGET = 0.6
 MAX_R1_DROP = 1.0
@@ -63,7 +64,7 @@ def _ort_runner(path: Path, threads: int, spinning: bool) -> Callable[[np.ndarra
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(None, {"images": batch})
+    return lambda batch: session.run(None, {INPUT_NAME: batch})
 
 
 def _torch_runner(embedder, threads: int) -> Callable[[np.ndarray], object]:
@@ -162,7 +163,7 @@ def _fp32_onnx(args: argparse.Namespace, work: Path) -> Path:
 
 
 def _calibration(args: argparse.Namespace, fp32: Path, work: Path) -> CalibrationOutputs:
-    from meanloc.export.onnx_graph import load_embedding_onnx
+    from meanloc.runtime.onnx_file import load_embedding_onnx
 
     if args.calib_dir:
         return open_calibration_dir(args.calib_dir)

@@ -57,6 +57,7 @@ def main() -> None:
 
     from meanloc.calibration.qdq import quantize_for_cpu
     from meanloc.calibration.ranges import collect_ranges
+    from meanloc.runtime.onnx_contract import INPUT_NAME
     from meanloc.training.model.summary import count_macs
 
     with tempfile.TemporaryDirectory(prefix="meanloc-roofline-") as tmp:
@@ -72,7 +73,7 @@ def main() -> None:
         macs, _ = count_macs(model.embedder().eval(), torch.zeros(1, 3, size, size))
 
         gemm_input = {"X": np.random.default_rng(1).standard_normal((GEMM_SIZE, GEMM_SIZE)).astype(np.float32)}
-        image = {"images": np.random.default_rng(2).standard_normal((1, 3, size, size)).astype(np.float32)}
+        image = {INPUT_NAME: np.random.default_rng(2).standard_normal((1, 3, size, size)).astype(np.float32)}
         cases = {
             "GEMM FP32": (session(gemm32, args.threads), gemm_input, 2.0 * GEMM_SIZE**3),
             "GEMM INT8 (dynamic)": (session(gemm8, args.threads), gemm_input, 2.0 * GEMM_SIZE**3),

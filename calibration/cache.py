@@ -19,7 +19,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple, Union
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.runtime.artifacts import (
@@ -46,6 +46,13 @@ MIN_SCALE = 1e-8
 TRT_VERSION_ALIASES = {"8.5": "8.5.2", "8.6": "8.6.2", "10.3": "10.3.0"}
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _ENTRY = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
+# Tensors TensorRT names itself. A cache TensorRT writes on the device lists them next to the
+# ONNX value names: "(Unnamed Layer* 139) [Constant]_output" (NVIDIA/TensorRT#3131, #3659,
+# ultralytics#10165), parser helpers such as "ONNXTRT_Broadcast_97_output", and ONNX names with a
+# suffix, "/embeddings/Constant_2_output_0_output" (#4058) or a uniquifying "_1".
+_UNNAMED_LAYER = re.compile(r"^\(Unnamed Layer\* \d+\) \[[^\]]+\]_output(_\d+)?$")
+_PARSER_HELPER = "ONNXTRT_"
+_DERIVED_SUFFIX = re.compile(r"^(.+)_(output|\d+)$")
 
 
 def parse_trt_version(version: str) -> Tuple[int, int, int]:
@@ -186,17 +193,31 @@ def _some(names: Iterable[str], limit: int = 5) -> str:
     return shown + (" and {} more".format(len(names) - limit) if len(names) > limit else "")
 
 
+def made_by_tensorrt(name: str, onnx_names: Set[str]) -> bool:
+    """True for a tensor TensorRT created itself (unnamed layers, parser helpers, suffixed ONNX names)."""
+    if _UNNAMED_LAYER.match(name) or name.startswith(_PARSER_HELPER):
+        return True
+    derived = _DERIVED_SUFFIX.match(name)
+    while derived:
+        name = derived.group(1)
+        if name in onnx_names:
+            return True
+        derived = _DERIVED_SUFFIX.match(name)
+    return False
+
+
 def check_cache_names(
     cache: CalibrationCache, value_names: Iterable[str], required_names: Iterable[str], source: str
 ) -> None:
     """Refuse a cache made for another graph.
 
-    `value_names` are all tensor names of the ONNX graph: a cache entry outside them belongs to
-    another model. `required_names` are the activations INT8 layers need a scale for: without
-    them TensorRT falls back to guessed ranges or fails the build.
+    `value_names` are all tensor names of the ONNX graph: a cache entry outside them, and not a
+    tensor TensorRT made itself (`made_by_tensorrt`), belongs to another model. `required_names`
+    are the activations INT8 layers need a scale for: without them TensorRT falls back to
+    guessed ranges or fails the build.
     """
     known = set(value_names)
-    extra = set(cache.scales) - known
+    extra = {name for name in set(cache.scales) - known if not made_by_tensorrt(name, known)}
     missing = set(required_names) - set(cache.scales)
     if extra or missing:
         parts = []

@@ -57,8 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from meanloc.export.onnx_graph import load_embedding_onnx
     from meanloc.runtime.artifacts import remove_orphan_temp_files
+    from meanloc.runtime.onnx_file import load_embedding_onnx
 
     from .calibset import from_dataset, from_folder
     from .pipeline import CACHE_NAME, calibrate

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from meanloc.runtime.backends.base import l2_normalise
+from meanloc.runtime.onnx_contract import INPUT_NAME
 
 # Above the 0.98 gate of issue 4, so a retrained checkpoint keeps a margin on unseen images.
 TARGET_COSINE = 0.99
@@ -105,7 +106,7 @@ def mean_cosine(reference: np.ndarray, other: np.ndarray) -> float:
     return float(np.mean(np.sum(l2_normalise(reference) * l2_normalise(other), axis=1)))
 
 
-def embed_batches(model_path: Path, batches: Sequence[np.ndarray], input_name: str = "images") -> np.ndarray:
+def embed_batches(model_path: Path, batches: Sequence[np.ndarray], input_name: str = INPUT_NAME) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
-from meanloc.export.onnx_graph import load_embedding_onnx
 from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
+from meanloc.runtime.onnx_file import load_embedding_onnx
 
 from .cache import (
     build_cache,

@@ -2,7 +2,9 @@
 
 - `int8-qdq-trt`: explicit quantization for TensorRT. TensorRT's Q/DQ rules: symmetric signed
   int8, zero point 0, per-channel weights, per-tensor activations, Q/DQ on the inputs of Conv,
-  MatMul and Gemm (a residual Add reading the same tensor shares its DQ), float biases.
+  MatMul and Gemm, float biases. Weights stay FP32 with a Q->DQ pair of their own, and every
+  quantized consumer gets a dedicated pair (a residual Add reading the same activation shares
+  its DQ; see `TENSORRT_WEIGHT_OPTIONS`).
   `op_types_to_quantize` is set explicitly because ORT's default QDQ registry also wraps
   LayerNormalization, Transpose and others. The opset is kept (TensorRT 8.x parses <= 17).
   Given calibration images, the layers the embedding is most sensitive to stay FP32 until the
@@ -52,7 +54,8 @@ from typing import Any
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_path
-from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
+from meanloc.runtime.identity import ModelIdentity
+from meanloc.runtime.onnx_contract import QUANTIZATION_KEY, onnx_metadata, write_onnx_metadata
 
 from .fallback import TARGET_COSINE, BuildFn, choose_fp32_fallback, embed_batches, mean_cosine
 from .integer_mlp import GELU_SIGMOID_SLOPE, rewrite_mlp_blocks
@@ -67,7 +70,15 @@ DEFAULT_CPU_RECIPE = "integer-mlp"
 # which saturates for full-range weights (ORT quantization docs). Measured on the demo model:
 # dynamic mean/min cosine 0.99986/0.9969 -> 0.99993/0.9998, per-channel 0.9983/0.978 -> 0.99994/0.9998.
 CPU_REDUCE_RANGE = True
-QUANTIZATION_KEY = ONNX_METADATA_PREFIX + "quantization"
+# ORT's QDQ default stores INT8 weight initializers behind a lone DequantizeLinear. TensorRT 8.x
+# wants FP32 weights that its own IQuantizeLayer quantizes ("Weights of Q/DQ models must be
+# specified using FP32 data type", TensorRT 8.6 developer guide, Explicit Quantization >
+# Quantized Weights; pre-quantized INT8 weights are accepted only from 10.x, current guide,
+# "Quantized Weights"), and a Q/DQ pair on each input of each quantizable layer ("TensorRT
+# Processing of Q/DQ Networks"; ORT's qdq_quantizer.py: "In TRT, QDQ pair can't be shared between
+# nodes"). NVIDIA's Model-Optimizer passes the same two options to ORT (`trt_guided_options` in
+# modelopt/onnx/quantization/ort_utils.py). The CPU flavour keeps INT8 weights: ORT folds them.
+TENSORRT_WEIGHT_OPTIONS = {"AddQDQPairToWeight": True, "DedicatedQDQPair": True}
 
 
 class _DropPreprocessAdvice(logging.Filter):
@@ -106,16 +117,14 @@ def _finish_model(
             f"quantization changed the opset from {_default_opset(source)} to {_default_opset(model)}; "
             "TensorRT 8.x would no longer parse it"
         )
-    props = {prop.key: prop.value for prop in source.metadata_props}
+    props = onnx_metadata(source)
     props.update(
         dataclasses.replace(
             identity, precision=settings["precision"], artifact_sha256=None
         ).to_onnx_metadata()
     )
     props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)
-    del model.metadata_props[:]
-    for key, value in sorted(props.items()):
-        model.metadata_props.add(key=key, value=value)
+    write_onnx_metadata(model, props)
     onnx.checker.check_model(model)
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
@@ -134,6 +143,7 @@ def _static_qdq(
     nodes_to_exclude: Sequence[str] = (),
     reduce_range: bool = False,
     quantize_outputs: bool = False,
+    tensorrt_weights: bool = False,
 ) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -154,6 +164,8 @@ def _static_qdq(
     if "MatMul" in op_types:
         # MatMul weights are (in, out): quantize per output column.
         extra_options["QDQOpTypePerChannelSupportToAxis"] = {"MatMul": 1}
+    if tensorrt_weights:
+        extra_options.update(TENSORRT_WEIGHT_OPTIONS)
     with _quiet_ort_advice():
         quantize_static(
             str(fp32_path),
@@ -194,7 +206,7 @@ def quantize_for_tensorrt(
         "precision": TRT_PRECISION,
         "format": "QDQ",
         "activations": "int8 symmetric per-tensor",
-        "weights": "int8 symmetric per-channel",
+        "weights": "int8 symmetric per-channel, FP32 initializers with Q/DQ pairs",
         "op_types": list(INT8_OP_TYPES),
         "calibration_method": ranges.method,
         "calibration_images": ranges.num_images,
@@ -225,7 +237,7 @@ def _trt_builder(fp32_path: Path, ranges: TensorRanges, work: Path) -> BuildFn:
         out = work / f"candidate-{next(counter)}.onnx"
         _static_qdq(
             fp32_path, out, ranges, list(INT8_OP_TYPES), QuantType.QInt8, True, work,
-            nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=nodes_to_exclude,
+            nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=nodes_to_exclude, tensorrt_weights=True,
         )  # fmt: skip
         return out
 
@@ -327,6 +339,5 @@ def read_quantization_settings(path: str | Path) -> dict[str, Any]:
     """The `meanloc.quantization` settings a quantized model carries (empty for other models)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    props = {prop.key: prop.value for prop in model.metadata_props}
+    props = onnx_metadata(onnx.load(str(path), load_external_data=False))
     return json.loads(props[QUANTIZATION_KEY]) if QUANTIZATION_KEY in props else {}

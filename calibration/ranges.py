@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from meanloc.errors import MeanlocError
+from meanloc.runtime.onnx_contract import INPUT_NAME
 
 from .calibset import CalibrationSet
 
@@ -109,7 +110,7 @@ def collect_ranges(
     onnx_path: str | Path,
     calib_set: CalibrationSet,
     method: str = "entropy",
-    input_name: str = "images",
+    input_name: str = INPUT_NAME,
     progress: bool = True,
 ) -> TensorRanges:
     """Run the FP32 ONNX over the calibration set and return the ranges of all float tensors."""

@@ -8,178 +8,75 @@
   so a Jetson builds an implicit-INT8 engine without calibration images. The engine builder
   checks the cache (TensorRT version, tensor names) before it gets here.
 
-`tensorrt` and the CUDA bindings are imported only when a calibrator is made, so this module
-imports anywhere; the classes are built on the fly as subclasses of the live TensorRT's base.
-Device memory: pycuda as NVIDIA's JetPack 5 samples use it, else cuda-python (deployment.md §4).
+TensorRT calls these methods from C++ through `noexcept` trampolines that catch any exception,
+print "[ERROR] Exception caught in get_batch(): ..." and carry on as if there were no more
+batches, no cache, or a written cache (python/src/infer/pyInt8.cpp, release/8.5, 8.6 and v10.3.0;
+seen in ultralytics#10165, where a Ctrl-C in get_batch() ended calibration early and the build went
+on). So every callback records the first exception it raises, and whoever ran the build calls
+`raise_callback_error(calibrator)` afterwards: an error in a callback fails the build instead of
+quietly calibrating on fewer batches.
+
+`tensorrt` and the CUDA bindings are imported only when a calibrator is made, through the device
+layer (runtime/trt_api.py, runtime/cuda_device.py), so this module imports anywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from meanloc.errors import MeanlocError, MissingDependencyError
+from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_write_bytes
+from meanloc.runtime.cuda_device import CudaMemory, open_cuda_memory
+from meanloc.runtime.trt_api import import_tensorrt
 
-from .cache import parse_calibration_cache, trt_version_code
+from .cache import ENTROPY_ALGORITHM, MINMAX_ALGORITHM, parse_calibration_cache, trt_version_code
 
-
-class DeviceMemory(Protocol):
-    def alloc(self, nbytes: int) -> int: ...
-
-    def copy_to_device(self, pointer: int, array: np.ndarray) -> None: ...
-
-    def free(self, pointer: int) -> None: ...
-
-
-class PyCudaMemory:
-    def __init__(self) -> None:
-        import pycuda.autoprimaryctx  # noqa: F401  (retains the primary context, as NVIDIA's 8.5 samples prefer)
-        import pycuda.driver as cuda
-
-        self._cuda = cuda
-        self._buffers: dict[int, Any] = {}
-
-    def alloc(self, nbytes: int) -> int:
-        buffer = self._cuda.mem_alloc(nbytes)
-        self._buffers[int(buffer)] = buffer
-        return int(buffer)
-
-    def copy_to_device(self, pointer: int, array: np.ndarray) -> None:
-        self._cuda.memcpy_htod(pointer, array)
-
-    def free(self, pointer: int) -> None:
-        self._buffers.pop(pointer).free()
+# The calibrator class whose cache header carries each algorithm name (NvInfer.h, CalibrationAlgoType).
+CALIBRATOR_BASES = {
+    ENTROPY_ALGORITHM: "IInt8EntropyCalibrator2",
+    MINMAX_ALGORITHM: "IInt8MinMaxCalibrator",
+    "EntropyCalibration": "IInt8EntropyCalibrator",
+}
 
 
-class CudaPythonMemory:
-    def __init__(self) -> None:
+def _records_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Remember the first exception a TensorRT callback raises (TensorRT itself swallows it)."""
+
+    @functools.wraps(method)
+    def callback(self: Any, *args: Any) -> Any:
         try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:  # cuda-python < 12.6.1 / 11.8.4
-            from cuda import cudart
-        self._cudart = cudart
+            return method(self, *args)
+        except BaseException as exc:  # KeyboardInterrupt too: it must stop the build afterwards
+            if self.callback_error is None:
+                self.callback_error = exc
+            raise
 
-    def _check(self, result: Any, what: str) -> Any:
-        error, *values = result if isinstance(result, tuple) else (result,)
-        if error != self._cudart.cudaError_t.cudaSuccess:
-            raise MeanlocError(f"CUDA {what} failed: {error}")
-        return values[0] if values else None
-
-    def alloc(self, nbytes: int) -> int:
-        return int(self._check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
-
-    def copy_to_device(self, pointer: int, array: np.ndarray) -> None:
-        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self._cudart.cudaMemcpy(pointer, array.ctypes.data, array.nbytes, kind), "cudaMemcpy")
-
-    def free(self, pointer: int) -> None:
-        self._check(self._cudart.cudaFree(pointer), "cudaFree")
+    return callback
 
 
-def open_device_memory() -> DeviceMemory:
-    """pycuda if installed, else cuda-python; one-line error if neither is."""
-    for backend in (PyCudaMemory, CudaPythonMemory):
-        try:
-            return backend()
-        except ImportError:
-            continue
-    raise MissingDependencyError("device calibration needs pycuda or cuda-python (pip install 'cuda-python>=12.6,<13')")
+def raise_callback_error(calibrator: Any) -> None:
+    """Re-raise the first exception a calibrator callback raised during the build, if any."""
+    error = getattr(calibrator, "callback_error", None)
+    if error is not None:
+        raise error
 
 
-def import_tensorrt_for_calibration() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("TensorRT is not installed: INT8 calibration on the device needs it") from None
-    return tensorrt
-
-
-def _check_calibrators(trt: Any) -> None:
-    if not hasattr(trt, "IInt8EntropyCalibrator2"):
-        raise MeanlocError(
-            f"TensorRT {trt.__version__} has no implicit INT8 calibrators (removed in 11); "
-            "use the Q/DQ model (model.int8-qdq-trt.onnx) instead"
-        )
-
-
-def _calibrator_classes(trt: Any) -> tuple[type, type]:
-    """(EntropyCalibrator, CacheOnlyCalibrator), subclasses of this TensorRT's IInt8EntropyCalibrator2."""
-    _check_calibrators(trt)
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(
-            self,
-            batches: Iterable[np.ndarray],
-            batch_size: int,
-            sample_shape: tuple[int, ...],
-            cache_path: Path,
-            memory: DeviceMemory,
-        ) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.cache_path = Path(cache_path)
-            self.batches_fed = 0
-            self._batches: Iterator[np.ndarray] = iter(batches)
-            self._batch_size = batch_size
-            self._shape = (batch_size, *sample_shape)
-            self._memory = memory
-            self._device: int | None = memory.alloc(int(np.prod(self._shape)) * 4)
-
-        def get_batch_size(self) -> int:
-            return self._batch_size
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            batch = next(self._batches, None)
-            if batch is None or self._device is None:
-                return None
-            if batch.shape != self._shape:
-                raise MeanlocError(f"calibration batch has shape {batch.shape}, expected {self._shape}")
-            self._memory.copy_to_device(self._device, np.ascontiguousarray(batch, dtype=np.float32))
-            self.batches_fed += 1
-            return [self._device] * len(names)
-
-        def read_calibration_cache(self) -> bytes | None:
-            """The existing cache if it was made for this TensorRT; else None, and TensorRT calibrates."""
-            if not self.cache_path.is_file():
-                return None
-            data = self.cache_path.read_bytes()
-            cache = parse_calibration_cache(data, str(self.cache_path))
-            return data if cache.version_code == trt_version_code(trt.__version__) else None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            data = bytes(cache)
-            parse_calibration_cache(data, "the cache TensorRT produced")  # never store what we cannot read
-            atomic_write_bytes(self.cache_path, data)
-
-        def release(self) -> None:
-            """Free the device buffer (call after the engine is built)."""
-            if self._device is not None:
-                self._memory.free(self._device)
-                self._device = None
-
-    class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self, cache_bytes: bytes, batch_size: int) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self._data = cache_bytes
-            self._batch_size = batch_size
-
-        def get_batch_size(self) -> int:
-            return self._batch_size
-
-        def get_batch(self, names: list[str]) -> None:
-            # Only reached if TensorRT rejected the cache: fail rather than calibrate on nothing.
-            raise MeanlocError("TensorRT did not accept the calibration cache and asked for calibration data")
-
-        def read_calibration_cache(self) -> bytes:
-            return self._data
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            """The CPU-made cache stays as it is."""
-
-    return EntropyCalibrator, CacheOnlyCalibrator
+def _base_class(trt: Any, algorithm: str = ENTROPY_ALGORITHM) -> type:
+    name = CALIBRATOR_BASES.get(algorithm)
+    base = getattr(trt, name, None) if name else None
+    if base is None:
+        if not hasattr(trt, "IInt8EntropyCalibrator2"):
+            raise MeanlocError(
+                f"TensorRT {trt.__version__} has no implicit INT8 calibrators (removed in 11); "
+                "use the Q/DQ model (model.int8-qdq-trt.onnx) instead"
+            )
+        raise MeanlocError(f"calibration caches of algorithm '{algorithm}' are not supported (use EntropyCalibration2)")
+    return base
 
 
 def entropy_calibrator(
@@ -188,23 +85,101 @@ def entropy_calibrator(
     batch_size: int,
     sample_shape: tuple[int, ...],
     cache_path: str | Path,
-    memory: DeviceMemory | None = None,
+    memory: CudaMemory | None = None,
 ) -> Any:
     """Device calibrator over preprocessed (batch_size, *sample_shape) float32 batches.
 
     `trt`: the tensorrt module (None: import it). Pass `CalibrationSet.batches()`; call
-    `.release()` after the build to free the device buffer.
+    `raise_callback_error(calibrator)` after the build, then `.release()` to free the buffers.
     """
-    trt = trt or import_tensorrt_for_calibration()
-    entropy_class, _ = _calibrator_classes(trt)
-    return entropy_class(
-        batches, batch_size, tuple(sample_shape), Path(cache_path), memory or open_device_memory()
-    )
+    trt = trt or import_tensorrt()
+    base = _base_class(trt)
+
+    class EntropyCalibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)  # pybind11 trampolines must be initialised explicitly
+            self.callback_error: BaseException | None = None
+            self.cache_path = Path(cache_path)
+            self.batches_fed = 0
+            self._batches: Iterator[np.ndarray] = iter(batches)
+            self._batch_size = batch_size
+            self._shape = (batch_size, *sample_shape)
+            self._memory = memory if memory is not None else open_cuda_memory()
+            self._stream = self._memory.create_stream()
+            self._host = self._memory.alloc_pinned(self._shape, np.float32)
+            self._device: int | None = self._memory.alloc_device(self._host.nbytes)
+
+        @_records_errors
+        def get_batch_size(self) -> int:
+            return self._batch_size
+
+        @_records_errors
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self._batches, None)
+            if batch is None or self._device is None:
+                return None
+            if batch.shape != self._shape:
+                raise MeanlocError(f"calibration batch has shape {batch.shape}, expected {self._shape}")
+            self._host[...] = batch
+            self._memory.copy_htod_async(self._device, self._host, self._stream)
+            self._memory.synchronize(self._stream)
+            self.batches_fed += 1
+            return [self._device] * len(names)
+
+        @_records_errors
+        def read_calibration_cache(self) -> bytes | None:
+            """The existing cache if it was made for this TensorRT; else None, and TensorRT calibrates."""
+            if not self.cache_path.is_file():
+                return None
+            data = self.cache_path.read_bytes()
+            cache = parse_calibration_cache(data, str(self.cache_path))
+            return data if cache.version_code == trt_version_code(trt.__version__) else None
+
+        @_records_errors
+        def write_calibration_cache(self, cache: Any) -> None:
+            data = bytes(cache)
+            parse_calibration_cache(data, "the cache TensorRT produced")  # never store what we cannot read
+            atomic_write_bytes(self.cache_path, data)
+
+        def release(self) -> None:
+            """Free the buffers and stream (call after the engine is built)."""
+            if self._device is not None:
+                self._memory.close()
+                self._device = None
+
+    return EntropyCalibrator()
 
 
 def cache_only_calibrator(trt: Any | None, cache_bytes: bytes, batch_size: int = 1) -> Any:
     """Calibrator that only serves `cache_bytes` (a TensorRT cache text, e.g. from `meanloc calibrate`)."""
-    trt = trt or import_tensorrt_for_calibration()
-    parse_calibration_cache(cache_bytes, "calibration cache")
-    _, cache_only_class = _calibrator_classes(trt)
-    return cache_only_class(bytes(cache_bytes), batch_size)
+    trt = trt or import_tensorrt()
+    parsed = parse_calibration_cache(cache_bytes, "calibration cache")
+    base = _base_class(trt, parsed.algorithm)
+    data = bytes(cache_bytes)
+
+    class CacheOnlyCalibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.callback_error: BaseException | None = None
+
+        @_records_errors
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        @_records_errors
+        def get_batch(self, names: list[str]) -> None:
+            # Only reached if TensorRT rejected the cache: fail rather than calibrate on nothing.
+            raise MeanlocError(
+                "TensorRT did not accept the calibration cache and asked for calibration data "
+                f"(header {parsed.header}); recalibrate for this TensorRT with `meanloc calibrate --trt-version`"
+            )
+
+        @_records_errors
+        def read_calibration_cache(self) -> bytes:
+            return data
+
+        @_records_errors
+        def write_calibration_cache(self, cache: Any) -> None:
+            """The CPU-made cache stays as it is."""
+
+    return CacheOnlyCalibrator()

@@ -20,11 +20,8 @@ from typing import Any
 
 from meanloc import __version__
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_path, read_json, sha256_bytes, sha256_file
-from meanloc.runtime.trt_env import SIDECAR_ENGINE_SHA256, engine_sidecar_path
-
-CACHE_KEY_FIELD = "cache_key"
-CACHE_KEY_FIELDS = "cache_key_fields"
+from meanloc.runtime.artifacts import atomic_path, sha256_bytes, sha256_file
+from meanloc.runtime.engine_sidecar import EngineSidecar, engine_sidecar_path
 
 
 def _digest(fields: Mapping[str, Any]) -> str:
@@ -41,7 +38,7 @@ def engine_cache_fields(
     environment: Mapping[str, Any],
 ) -> dict:
     """The fields that decide whether two builds give the same engine. `environment` is
-    `trt_env.engine_sidecar_environment(...)` (TensorRT, CUDA, GPU, SM, L4T, DLA core)."""
+    `engine_sidecar.recorded_environment(...)` (TensorRT, CUDA, GPU, SM, L4T, DLA core)."""
     return {
         "builder": "meanloc "
         + __version__,  # the builder's own logic (FP32 pinning, flags) shapes the plan too
@@ -76,12 +73,10 @@ def reusable_engine(engine_path: str | Path, key: str) -> bool:
     if not engine_path.is_file() or not sidecar_path.is_file():
         return False
     try:
-        sidecar = read_json(sidecar_path, "engine sidecar")
+        sidecar = EngineSidecar.load(str(engine_path))
     except MeanlocError:
-        return False  # unreadable sidecar: rebuild rather than trust it
-    if sidecar.get(CACHE_KEY_FIELD) != key:
-        return False
-    return sidecar.get(SIDECAR_ENGINE_SHA256) == sha256_file(engine_path)
+        return False  # unreadable or foreign sidecar: rebuild rather than trust it
+    return sidecar.cache_key == key and sidecar.engine_sha256 == sha256_file(engine_path)
 
 
 class EngineCache:

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from meanloc.export.engine_build import PRECISIONS  # light: TensorRT and onnx are imported only when building
+from meanloc.export.engine_options import PRECISIONS  # light: TensorRT is imported only when building
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,10 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
         "--min-batch", type=int, default=1, help="smallest batch of the optimization profile (default 1)"
     )
     parser.add_argument(
-        "--opt-batch", type=int, default=None, help="batch TensorRT tunes for (default: --max-batch)"
+        "--opt-batch",
+        type=int,
+        default=None,
+        help="batch TensorRT tunes its kernels for (default 1, the onboard loop's batch; at least --min-batch)",
     )
     parser.add_argument(
         "--max-batch", type=int, default=8, help="largest batch of the optimization profile (default 8)"

@@ -30,19 +30,18 @@ from meanloc import __version__
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_write_bytes, ensure_writable_dir, sha256_bytes
 from meanloc.runtime.identity import ModelIdentity
-from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
-from meanloc.training.model import MEAN
-
-from .onnx_graph import (
+from meanloc.runtime.onnx_contract import (
     FP32_NODES_KEY,
     INPUT_NAME,
     LAYERNORM_KEY,
     OPSET_KEY,
     OUTPUT_NAME,
-    decomposed_layernorms,
-    fp32_sensitive_nodes,
-    op_counts,
+    write_onnx_metadata,
 )
+from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
+from meanloc.training.model import MEAN
+
+from .onnx_graph import decomposed_layernorms, fp32_sensitive_nodes, op_counts
 from .parity import ParityReport, check_parity, torch_reference
 
 SUPPORTED_OPSETS = (16, 17)
@@ -232,9 +231,7 @@ def _write_metadata(
     props[OPSET_KEY] = str(opset)
     props[LAYERNORM_KEY] = "decomposed" if decomposed else "native"
     props[FP32_NODES_KEY] = json.dumps(fp32_nodes)
-    del proto.metadata_props[:]
-    for key, value in sorted(props.items()):
-        proto.metadata_props.add(key=key, value=value)
+    write_onnx_metadata(proto, props)
     proto.producer_name = "meanloc"
     proto.producer_version = __version__
     proto.doc_string = f"MEAN {identity.preset} embedder: {INPUT_NAME} -> L2-normalised {OUTPUT_NAME}"

@@ -1,128 +1,23 @@
-"""Reading and inspecting meanloc's embedding ONNX graphs (no torch: the engine builder on a
-Jetson uses this too, so it stays Python 3.8 compatible).
+"""Inspecting meanloc's embedding ONNX graphs (no torch, no onnx import: the engine builder on a
+Jetson uses this on the graph `runtime.onnx_file` parsed, so it stays Python 3.8 compatible).
 
-Three jobs:
-- `load_embedding_onnx` opens an ONNX file and refuses, in one line, anything that is not a
-  meanloc embedder: unreadable or corrupt protobuf, a graph that fails `onnx.checker`, a foreign
-  interface (input other than `images` (N,3,S,S), output other than `embedding` (N,D)), or no
-  meanloc metadata.
 - `op_counts` summarises a graph by operator type.
 - `fp32_sensitive_nodes` finds the nodes TensorRT must keep in FP32 under FP16/INT8 builds: every
   LayerNorm that was decomposed into ReduceMean/Sub/Pow/Add/Sqrt/Div(/Mul/Add) for opset 16, and the
   final L2 normalisation (a sum of D squares that can overflow FP16; deployment.md §6). The graph is
   the single source of truth, so the builder runs the same detection on the file it builds.
+
+Loading and validating a file is `runtime.onnx_file.load_embedding_onnx`; names and metadata keys
+are `runtime.onnx_contract`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
-from meanloc.runtime.artifacts import sha256_bytes
-from meanloc.runtime.identity import ONNX_METADATA_PREFIX, ModelIdentity
-
-INPUT_NAME = "images"
-OUTPUT_NAME = "embedding"
-# Extra metadata keys written by the exporter, next to ModelIdentity.to_onnx_metadata().
-OPSET_KEY = ONNX_METADATA_PREFIX + "opset"
-LAYERNORM_KEY = ONNX_METADATA_PREFIX + "layernorm"
-FP32_NODES_KEY = ONNX_METADATA_PREFIX + "fp32_nodes"
-
-
-@dataclass(frozen=True)
-class EmbeddingOnnx:
-    """A validated embedding ONNX: its proto, file hash, identity and interface."""
-
-    path: Path
-    model: Any  # onnx.ModelProto
-    sha256: str
-    identity: ModelIdentity
-    input_size: int
-    embed_dim: int
-    opset: int
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {prop.key: prop.value for prop in self.model.metadata_props}
-
-
-def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("the Python package 'onnx' is needed here: pip install onnx") from None
-    return onnx
-
-
-def default_opset(model: Any) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise MeanlocError("ONNX model declares no default-domain opset")
-
-
-def _dims(value_info: Any) -> list[int | None]:
-    """Static dims as ints, symbolic/unknown dims as None."""
-    shape = value_info.type.tensor_type.shape
-    return [dim.dim_value if dim.HasField("dim_value") else None for dim in shape.dim]
-
-
-def load_embedding_onnx(path: str | Path, what: str = "ONNX model") -> EmbeddingOnnx:
-    """Load and validate a meanloc embedding ONNX, or raise a one-line MeanlocError."""
-    onnx = _onnx()
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MeanlocError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise MeanlocError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning-ish errors depending on version
-        raise MeanlocError(f"{what} {path} is not a valid ONNX file ({type(exc).__name__})") from None
-    if not model.graph.node:
-        raise MeanlocError(f"{what} {path} is not a valid ONNX file (empty graph)")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
-        raise MeanlocError(f"{what} {path} fails onnx.checker: {first}") from None
-    input_size, embed_dim = _check_interface(model, f"{what} {path}")
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    sha = sha256_bytes(data)
-    identity = ModelIdentity.from_onnx_metadata(props, str(path), artifact_sha256=sha)
-    if identity.embed_dim != embed_dim or identity.preprocess.size != input_size:
-        raise ArtifactMismatchError(
-            f"{path}: metadata says {identity.preprocess.size}px/{identity.embed_dim}-d but the graph is {input_size}px/{embed_dim}-d"
-        )
-    return EmbeddingOnnx(path, model, sha, identity, input_size, embed_dim, default_opset(model))
-
-
-def _check_interface(model: Any, source: str) -> tuple[int, int]:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
-    outputs = list(model.graph.output)
-    expected = f"input '{INPUT_NAME}' (N,3,S,S) and output '{OUTPUT_NAME}' (N,D)"
-    if (
-        len(inputs) != 1
-        or inputs[0].name != INPUT_NAME
-        or len(outputs) != 1
-        or outputs[0].name != OUTPUT_NAME
-    ):
-        raise ArtifactMismatchError(
-            f"{source} is not a meanloc embedder: it has inputs {[v.name for v in inputs]} and outputs {[v.name for v in outputs]}, expected {expected}"
-        )
-    in_dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
-    if len(in_dims) != 4 or in_dims[1] != 3 or in_dims[2] is None or in_dims[2] != in_dims[3]:
-        raise ArtifactMismatchError(f"{source} input '{INPUT_NAME}' has shape {in_dims}, expected {expected}")
-    if len(out_dims) != 2 or out_dims[1] is None:
-        raise ArtifactMismatchError(f"{source} output '{OUTPUT_NAME}' has shape {out_dims}, expected {expected}")
-    return int(in_dims[2]), int(out_dims[1])
+from meanloc.runtime.onnx_contract import OUTPUT_NAME
 
 
 def op_counts(model: Any) -> dict[str, int]:

@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 
 from meanloc.errors import MeanlocError
+from meanloc.runtime.onnx_contract import INPUT_NAME
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
-
-from .onnx_graph import INPUT_NAME
 
 MAX_ABS_DIFF = 1e-4
 MIN_COSINE = 0.99999

@@ -22,14 +22,13 @@ from meanloc.calibration.pipeline import open_calibration_dir
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import new_manifest, sha256_file, write_json_with_markdown
 from meanloc.runtime.backends import open_backend
+from meanloc.runtime.engine_sidecar import EngineSidecar
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.images import BadImages
+from meanloc.runtime.onnx_file import load_embedding_onnx
 from meanloc.runtime.query_view import QueryView
-from meanloc.runtime.trt_env import load_engine_sidecar
 from meanloc.training.data.splits import EvalSplit, load_eval_split
 from meanloc.training.evaluate import Embeddings, evaluate_retrieval, extract_embeddings
-
-from .onnx_graph import load_embedding_onnx
 
 REPORT_KIND = "precision_report"
 DIRECTION = "d2s"
@@ -56,7 +55,7 @@ def candidates(fp32_onnx: Path, calib_dir: Path | None, engines: Sequence[str | 
         if not candidate.path.is_file():
             raise MeanlocError(f"model not found: {candidate.path}")
         if candidate.path.suffix == ".engine":
-            load_engine_sidecar(str(candidate.path))  # not a meanloc engine: refused even where TensorRT is absent
+            EngineSidecar.load(str(candidate.path))  # not a meanloc engine: refused even where TensorRT is absent
     return found
 
 

@@ -34,7 +34,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "bank": ("meanloc.runtime.bank_cli", "build, inspect, verify and merge satellite embedding banks"),
     "localize": ("meanloc.runtime.localize_cli", "run the onboard localization loop on a video, camera or synthetic flight"),
     "profile": ("meanloc.runtime.profiling.profile_cli", "latency profiling of backends and engines"),
-    "doctor": ("meanloc.runtime.doctor_cli", "show what this machine has: backends, versions, GPU, Jetson"),
+    "doctor": ("meanloc.doctor_cli", "show what this machine has (backends, versions, GPU, Jetson); --selftest"),
 }
 
 

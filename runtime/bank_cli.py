@@ -1,4 +1,4 @@
-"""`meanloc bank build|info|verify|merge`: satellite embedding banks.
+"""`meanloc bank build|index|info|verify|merge`: satellite embedding banks.
 
 Heavy imports (onnxruntime, OpenCV, rasterio, pyproj) happen inside the handlers, so `--help`
 is instant and nothing here imports torch. Python 3.8 compatible.
@@ -7,7 +7,7 @@ is instant and nothing here imports torch. Python 3.8 compatible.
 import argparse
 import contextlib
 import json
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 from meanloc.errors import MeanlocError
 
@@ -15,7 +15,11 @@ from meanloc.errors import MeanlocError
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bank_command", metavar="<action>")
 
-    build = sub.add_parser("build", help="embed satellite tiles into a bank (resumable)")
+    build = sub.add_parser(
+        "build",
+        help="embed satellite tiles into a bank (resumable; under `torchrun --nproc-per-node N -m meanloc "
+        "bank build ...` the ranks share the work)",
+    )
     build.add_argument("--model", required=True, help="embedding model: .onnx, .engine or a checkpoint")
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--orthophoto", help="georeferenced GeoTIFF to cut into north-up tiles")
@@ -53,9 +57,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="--tiles-dir: skip (and count) damaged, truncated or unreadable tile images instead of "
                        "refusing to build")
     build.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for ONNX Runtime/PyTorch (default: all cores, shared evenly by torchrun's ranks)",
+    )
+    build.add_argument(
+        "--workers", type=int, default=None,
+        help="threads that read, cut and preprocess tiles ahead of inference (default: up to 4; 0 = none)",
+    )
+    build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    build.add_argument(
+        "--no-index", action="store_true", help="skip the compressed search index (add it later: bank index)"
+    )
     build.add_argument("--no-local-features", action="store_true",
                        help="skip the local-feature layer (geometric verification and metre-level fixes need it; "
                        "only --orthophoto builds have one)")
@@ -71,6 +86,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _local_feature_options(features)
     features.set_defaults(handler=_features)
 
+    index = sub.add_parser(
+        "index", help="add the compressed global-search index to a bank (done by build and merge)"
+    )
+    index.add_argument("bank", help="bank folder")
+    index.add_argument("--overwrite", action="store_true", help="rebuild an existing index")
+    index.set_defaults(handler=_index)
+
     info = sub.add_parser("info", help="summarise a bank (model, size, area)")
     info.add_argument("bank", help="bank folder")
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
@@ -85,6 +107,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser("merge", help="merge banks of the same model into one (tiles re-numbered)")
     merge.add_argument("banks", nargs="+", help="bank folders, in order")
     merge.add_argument("--out", required=True, help="merged bank folder to write")
+    merge.add_argument("--no-index", action="store_true", help="skip the compressed search index")
     merge.set_defaults(handler=_merge)
 
 
@@ -125,25 +148,43 @@ def _parse_scales(text: str) -> List[float]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bank.build import SHARDS_DIR
+    from .bank.sharding import Ranks
+
     if args.tiles_dir and not args.tiles_csv:
         raise MeanlocError("--tiles-dir needs --tiles-csv (the list of tile centres and corners)")
     if args.orthophoto and args.tiles_csv:
         raise MeanlocError("--tiles-csv goes with --tiles-dir, not with --orthophoto")
     if args.skip_bad_images and not args.tiles_dir:
         raise MeanlocError("--skip-bad-images goes with --tiles-dir (an orthophoto is one image)")
+    for name in ("threads", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "threads" else 0):
+            raise MeanlocError("--{} must be >= {}, got {}".format(name, 1 if name == "threads" else 0, value))
+    ranks = Ranks.from_environment()
+    ranks.pin_gpu()  # before any CUDA library starts: one GPU per rank
+    threads = args.threads if args.threads is not None else (ranks.cpu_threads() if ranks.distributed else None)
     options = {
         "batch": args.batch,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
         "overwrite": args.overwrite,
+        "index": not args.no_index,
+        "workers": args.workers,
+        "ranks": ranks,
     }
-    from pathlib import Path
-
-    from .bank.build import SHARDS_DIR
-
-    with _bank_writer(Path(args.out), "meanloc bank build", SHARDS_DIR):
-        result = _build_locked(args, options)
+    with _bank_writer(Path(args.out), "meanloc bank build", ranks, SHARDS_DIR):
+        result = _build_locked(args, options, threads)
+    if not ranks.is_main:
+        print(
+            "rank {}/{}: shards built {}, reused {}; rank 0 assembles the bank".format(
+                ranks.rank, ranks.world_size, result.shards_built, result.shards_reused
+            )
+        )
+        return 0
     print(
         "bank {}: {} tiles ({} candidates, {} skipped for too little valid data; shards reused {}, built {})".format(
             result.path,
@@ -157,28 +198,13 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _bank_writer(bank: Any, command: str, *subfolders: str) -> Iterator[None]:
-    """One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the
-    first; temporary files of a writer killed mid-write are removed first."""
-    from .artifacts import remove_orphan_temp_files
-    from .bank.feature_build import SHARDS_DIR as FEATURE_SHARDS_DIR
-    from .bank.feature_layer import FEATURES_DIR
-    from .run_folder import folder_lock, lock_path_for
-
-    with folder_lock(lock_path_for(bank), bank, command):
-        for folder in (bank, *(bank / name for name in (*subfolders, FEATURES_DIR, FEATURE_SHARDS_DIR))):
-            remove_orphan_temp_files(folder)
-        yield
-
-
-def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+def _build_locked(args: argparse.Namespace, options: Dict[str, Any], threads: Optional[int]) -> Any:
     from meanloc.runtime.backends import open_backend
 
     from .bank import build_bank_from_orthophoto, build_bank_from_tiles
 
     local_features = None if args.no_local_features or not args.orthophoto else _layer_params(args)
-    with open_backend(args.model, backend=args.backend) as backend:
+    with open_backend(args.model, backend=args.backend, threads=threads, max_batch=args.batch) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
                 args.orthophoto,
@@ -198,6 +224,26 @@ def _build_locked(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     return result
 
 
+@contextlib.contextmanager
+def _bank_writer(bank: Any, command: str, ranks: Any = None, *subfolders: str) -> Iterator[None]:
+    """One writer per bank folder: a second build (e.g. two --resume runs) stops here, naming the
+    first, after removing the temporary files of a writer killed mid-write. Under torchrun rank 0
+    holds the folder's lock and every other rank a lock of its own (ranks write disjoint shards;
+    rank 0 alone assembles the bank and cleans up)."""
+    from .artifacts import remove_orphan_temp_files
+    from .bank.feature_build import SHARDS_DIR as FEATURE_SHARDS_DIR
+    from .bank.feature_layer import FEATURES_DIR
+    from .run_folder import folder_lock, lock_path_for
+
+    main = ranks is None or ranks.is_main
+    lock = lock_path_for(bank) if main else bank / ".meanloc.rank{}.lock".format(ranks.rank)
+    with folder_lock(lock, bank, command):
+        if main:
+            for folder in (bank, *(bank / name for name in (*subfolders, FEATURES_DIR, FEATURE_SHARDS_DIR))):
+                remove_orphan_temp_files(folder)
+        yield
+
+
 def _features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -212,6 +258,45 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .bank import build_index
+    from .bank.index import has_index
+    from .bank.store import read_manifest
+
+    if has_index(read_manifest(args.bank)) and not args.overwrite:
+        raise MeanlocError("bank {} already has an index; pass --overwrite to rebuild it".format(args.bank))
+    started = time.monotonic()
+    with _bank_writer(Path(args.bank), "meanloc bank index"):
+        manifest = build_index(args.bank)
+    print(
+        "bank {}: index of {} tiles written in {:.1f} s ({})".format(
+            args.bank, manifest["count"], time.monotonic() - started, _index_summary(args.bank, manifest)
+        )
+    )
+    return 0
+
+
+def _index_summary(bank_dir: str, manifest: dict) -> str:
+    from pathlib import Path
+
+    from .bank.index import INDEX_FILES, INDEX_SECTION, faiss_or_none
+
+    entry = manifest.get(INDEX_SECTION)
+    if entry is None:
+        return "none: global searches are exact (add one with `meanloc bank index`)"
+    size_mb = sum((Path(bank_dir) / name).stat().st_size for name in INDEX_FILES) / 1e6
+    return "{} v{}, {} bytes/tile ({:.1f} MB); scan here: {}".format(
+        entry.get("kind"),
+        entry.get("version"),
+        entry.get("code_bytes"),
+        size_mb,
+        "faiss" if faiss_or_none() is not None else "numpy (pip install faiss-cpu scans several times faster)",
+    )
+
+
 def _info(args: argparse.Namespace) -> int:
     from .bank import SatelliteBank
     from .bank.store import EMBEDDINGS_FILE
@@ -220,7 +305,7 @@ def _info(args: argparse.Namespace) -> int:
         from .artifacts import claim_output
 
         claim_output(args.tiles_csv, args.overwrite)
-    bank = SatelliteBank.open(args.bank, device="cpu")
+    bank = SatelliteBank.open(args.bank, device="cpu", engine="exact", float32_in_memory=False)
     if args.tiles_csv:
         from .artifacts import atomic_write_text
         from .bank.tiles import tiles_csv_text
@@ -259,6 +344,7 @@ def _info(args: argparse.Namespace) -> int:
             " (+{} more)".format(len(tiles.sources) - 3) if len(tiles.sources) > 3 else "",
         ),
         "created:     {}".format(bank.manifest.get("created_utc", "?")),
+        "index:       {}".format(_index_summary(args.bank, bank.manifest)),
         "features:    {}".format(_describe_layer(bank, size_mb)),
     ]
     print("\n".join(lines))
@@ -289,14 +375,14 @@ def _verify(args: argparse.Namespace) -> int:
             print("meanloc: bank {}: {}".format(args.bank, problem), file=sys.stderr)
         print("FAILED: {} problem(s)".format(len(problems)))
         return 1
-    print("OK: {} (hashes, shapes, norms and tile table match the manifest)".format(args.bank))
+    print("OK: {} (hashes, shapes, norms, tile table and search index match the manifest)".format(args.bank))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from .bank import merge_banks
 
-    manifest = merge_banks(args.banks, args.out)
+    manifest = merge_banks(args.banks, args.out, index=not args.no_index)
     layer = manifest.get("local_features")
     print("merged {} banks into {}: {} tiles, {}".format(
         len(args.banks), args.out, manifest["count"],

@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Mapping
 OPENCV_HINT = "pip install opencv-python-headless (on Jetson use JetPack's python3-opencv, which has GStreamer)"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The environment report's options (the `meanloc doctor` command is meanloc/doctor_cli.py)."""
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument(
         "--no-dla", action="store_true", help="do not create a TensorRT builder to count DLA cores (faster)"
     )
-    parser.set_defaults(handler=run)
 
 
 AUTO_EXAMPLES = ("model.engine", "model.onnx", "model.pt")
@@ -44,9 +44,13 @@ def format_report(report: Mapping[str, Any]) -> List[str]:
     ]
     if env.get("gpu"):
         cuda = ", CUDA runtime {}".format(env["cuda_runtime_version"]) if env.get("cuda_runtime_version") else ""
-        driver = env.get("cuda_driver_version") or env.get("nvidia_driver_version")
+        driver = env.get("cuda_driver_version")
         lines.append(_line("GPU", "{}{}{} (via {})".format(
             env["gpu"], cuda, ", driver {}".format(driver) if driver else "", env.get("gpu_probe"))))
+    elif env.get("nvidia_smi"):
+        smi = env["nvidia_smi"]
+        lines.append(_line("GPU", "{} (nvidia-smi, driver {}) but no pycuda or cuda-python: TensorRT engines can be "
+                                  "neither built nor run - pip install pycuda".format(smi["gpu_name"], smi["driver_version"])))
     else:
         lines.append(_line("GPU", "none found (no CUDA device via cuda-python, pycuda or nvidia-smi)"))
     if env.get("dla_cores") is not None:
@@ -62,6 +66,9 @@ def format_report(report: Mapping[str, Any]) -> List[str]:
     if report.get("auto"):
         lines.append(_line("auto choice", "; ".join(
             ".{} -> {}".format(suffix, _describe_choice(choice)) for suffix, choice in report["auto"].items())))
+    if env.get("tensorrt_version"):
+        lines.append(_line("polygraphy", env.get("polygraphy_version")
+                           or "MISSING - pip install 'polygraphy>=0.49.1' (to build engines here)"))
     lines.append(_line("numpy", env.get("numpy_version") or "MISSING - pip install 'numpy<2'"))
     if env.get("opencv_version"):
         gstreamer = "with GStreamer" if env.get("opencv_gstreamer") else "without GStreamer (no CSI camera pipelines)"

@@ -14,10 +14,21 @@ from typing import Any, Dict, Mapping, Optional
 from meanloc import __version__
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
+from .onnx_contract import (
+    CHECKPOINT_SHA256_KEY,
+    COLOR_ORDER_KEY,
+    EMBED_DIM_KEY,
+    INPUT_SIZE_KEY,
+    MEAN_KEY,
+    PRECISION_KEY,
+    PREPROCESS_KEY,
+    PRESET_KEY,
+    QUERY_VIEW_KEY,
+    STD_KEY,
+    VERSION_KEY,
+)
 from .preprocess import PreprocessSpec
 from .query_view import QueryView
-
-ONNX_METADATA_PREFIX = "meanloc."
 
 
 @dataclass(frozen=True)
@@ -62,35 +73,34 @@ class ModelIdentity:
         """String props for `onnx.ModelProto.metadata_props` (the checkpoint's side of the identity)."""
         spec = self.preprocess
         return {
-            ONNX_METADATA_PREFIX + "preset": self.preset,
-            ONNX_METADATA_PREFIX + "input_size": str(spec.size),
-            ONNX_METADATA_PREFIX + "color_order": spec.color_order,
-            ONNX_METADATA_PREFIX + "mean": json.dumps(list(spec.mean)),
-            ONNX_METADATA_PREFIX + "std": json.dumps(list(spec.std)),
-            ONNX_METADATA_PREFIX + "embed_dim": str(self.embed_dim),
-            ONNX_METADATA_PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
-            ONNX_METADATA_PREFIX + "preprocess": json.dumps(spec.to_dict(), sort_keys=True),
-            ONNX_METADATA_PREFIX + "version": __version__,
-            ONNX_METADATA_PREFIX + "precision": self.precision,
-            ONNX_METADATA_PREFIX + "query_view": json.dumps(self.query_view.to_dict(), sort_keys=True),
+            PRESET_KEY: self.preset,
+            INPUT_SIZE_KEY: str(spec.size),
+            COLOR_ORDER_KEY: spec.color_order,
+            MEAN_KEY: json.dumps(list(spec.mean)),
+            STD_KEY: json.dumps(list(spec.std)),
+            EMBED_DIM_KEY: str(self.embed_dim),
+            CHECKPOINT_SHA256_KEY: self.checkpoint_sha256,
+            PREPROCESS_KEY: json.dumps(spec.to_dict(), sort_keys=True),
+            VERSION_KEY: __version__,
+            PRECISION_KEY: self.precision,
+            QUERY_VIEW_KEY: json.dumps(self.query_view.to_dict(), sort_keys=True),
         }
 
     @classmethod
     def from_onnx_metadata(cls, props: Mapping[str, str], source: str, artifact_sha256: Optional[str] = None) -> "ModelIdentity":
-        key = ONNX_METADATA_PREFIX
-        if key + "checkpoint_sha256" not in props:
+        if CHECKPOINT_SHA256_KEY not in props:
             raise ArtifactMismatchError(
                 "{} carries no meanloc metadata (not exported by `meanloc export onnx`?)".format(source)
             )
         try:
             return cls(
-                checkpoint_sha256=props[key + "checkpoint_sha256"],
-                preset=props[key + "preset"],
-                embed_dim=int(props[key + "embed_dim"]),
-                preprocess=PreprocessSpec.from_dict(json.loads(props[key + "preprocess"])),
-                precision=props.get(key + "precision", "fp32"),
+                checkpoint_sha256=props[CHECKPOINT_SHA256_KEY],
+                preset=props[PRESET_KEY],
+                embed_dim=int(props[EMBED_DIM_KEY]),
+                preprocess=PreprocessSpec.from_dict(json.loads(props[PREPROCESS_KEY])),
+                precision=props.get(PRECISION_KEY, "fp32"),
                 artifact_sha256=artifact_sha256,
-                query_view=QueryView.from_dict(json.loads(props.get(key + "query_view", "{}"))),
+                query_view=QueryView.from_dict(json.loads(props.get(QUERY_VIEW_KEY, "{}"))),
             )
         except (KeyError, ValueError) as exc:
             raise ArtifactMismatchError("{} has incomplete meanloc metadata ({})".format(source, exc)) from None

@@ -377,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
     summary["model"] = args.model
     summary["bank"] = args.bank
+    summary["global_search"] = bank.describe()["global_search"]  # the bank's index, or "exact"
     if args.summary and summary["frames_processed"]:  # a run that produced nothing replaces nothing
         atomic_write_json(args.summary, summary)
     print(format_summary(summary), file=sys.stderr)

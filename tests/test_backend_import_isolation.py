@@ -22,8 +22,12 @@ SCRIPT = textwrap.dedent(
     import meanloc.runtime.backends.select
     import meanloc.runtime.backends.tensorrt_backend
     import meanloc.runtime.backends.torch_backend
-    import meanloc.runtime.cuda_memory
+    import meanloc.runtime.cuda_device
     import meanloc.runtime.doctor_cli as doctor_cli
+    import meanloc.runtime.engine_sidecar
+    import meanloc.runtime.onnx_contract
+    import meanloc.runtime.onnx_file
+    import meanloc.runtime.trt_api
     import meanloc.runtime.trt_env as trt_env
 
     trt_env.describe_environment(probe_dla=False)

@@ -99,6 +99,11 @@ class _CountingSession:
         self.batch_sizes.append(len(next(iter(feeds.values()))))
         return self._session.run(outputs, feeds)
 
+    def run_with_iobinding(self, binding, *args):
+        result = self._session.run_with_iobinding(binding, *args)
+        self.batch_sizes.append(binding.get_outputs()[0].shape()[0])
+        return result
+
     def __getattr__(self, name):
         return getattr(self._session, name)
 
@@ -112,6 +117,18 @@ def test_batches_larger_than_max_batch_are_split(nano):
         assert small.embed(np.zeros((0, 3, nano.size, nano.size), np.float32)).shape == (0, 128)
     assert counter.batch_sizes == [2, 2, 1]
     assert np.allclose(split, whole, atol=1e-5)
+
+
+def test_io_binding_gives_the_plain_run_results_and_never_aliases_them(nano):
+    first, second = _images(3, seed=4), _images(3, seed=5)
+    with OnnxRuntimeBackend(nano.onnx, threads=1) as bound, OnnxRuntimeBackend(nano.onnx, io_binding=False) as plain:
+        assert bound.describe()["io_binding"] and not plain.describe()["io_binding"]
+        result = bound.embed_images(first)
+        kept = result.copy()
+        again = bound.embed_images(second)  # the same (3, D) output buffer is reused inside
+        assert np.array_equal(result, kept)
+        np.testing.assert_allclose(result, plain.embed_images(first), atol=1e-6)
+        np.testing.assert_allclose(again, plain.embed_images(second), atol=1e-6)
 
 
 def test_provider_selection_prefers_tensorrt_then_cuda_then_cpu():
@@ -152,6 +169,7 @@ def test_tensorrt_provider_options_carry_precision_cache_and_profile(tmp_path):
     assert options["trt_engine_cache_path"] == str(tmp_path) and options["trt_engine_cache_enable"] == "True"
     assert options["trt_profile_min_shapes"] == "images:1x3x64x64"
     assert options["trt_profile_max_shapes"] == "images:8x3x64x64"
+    assert options["trt_profile_opt_shapes"] == "images:1x3x64x64"  # kernels tuned for the loop's batch 1
     assert options["trt_int8_calibration_table_name"] == "calib.cache"
     assert options["trt_max_workspace_size"] == str(1 << 28)
     assert options["trt_builder_optimization_level"] == "4"

@@ -207,7 +207,10 @@ def test_manifest_records_model_hashes_and_parameters(ortho_bank, onnx_models):
     assert manifest["kind"] == "bank" and manifest["count"] == ortho_bank.count and manifest["dim"] == 128
     assert manifest["identity"]["artifact_sha256"] is not None and manifest["identity"]["precision"] == "fp32"
     assert manifest["identity"]["preprocess"]["size"] == 64
-    assert set(manifest["files"]) == {"embeddings.npy", "tiles.npy"}
+    assert set(manifest["files"]) == {"embeddings.npy", "tiles.npy", "index_codes.npy", "index_centre.npy"}
+    # The search index is bound to these embeddings and sized for them (96 bytes at 768-d).
+    assert manifest["index"]["embeddings_sha256"] == manifest["files"]["embeddings.npy"]["sha256"]
+    assert (manifest["index"]["count"], manifest["index"]["code_bytes"]) == (ortho_bank.count, 128 // 8)
     assert manifest["sources"] == [{"id": "area.tif", "sha256": manifest["build"]["source_sha256"]}]
     build = manifest["build"]
     assert (build["tile_m"], build["overlap"], build["scales"], build["tile_px"]) == (
@@ -346,6 +349,29 @@ def test_interrupted_build_resumes_without_redoing_finished_shards(geotiff, tmp_
         build_bank(source(), again, out, **options)
 
 
+def test_loader_pool_keeps_tile_order_and_reports_a_failing_tile(geotiff, tmp_path):
+    ortho = Orthophoto.from_geotiff(geotiff)
+
+    def source():
+        return OrthophotoTileSource(ortho, 100.0, overlap=0.5, scales=(1.0,), tile_px=16, min_valid=0.5)
+
+    options = {"batch": 3, "shard_size": 7, "progress": False, "index": False}
+    plain = build_bank(source(), ProjectionBackend(_projection_identity()), tmp_path / "plain", workers=0, **options)
+    pooled = build_bank(source(), ProjectionBackend(_projection_identity()), tmp_path / "pool", workers=3, **options)
+    for name in ("embeddings.npy", "tiles.npy"):
+        assert (plain.path / name).read_bytes() == (pooled.path / name).read_bytes()
+
+    class Broken(OrthophotoTileSource):
+        def load(self, index):
+            if index == 11:
+                raise MeanlocError("tile 11 is unreadable")
+            return super().load(index)
+
+    broken = Broken(ortho, 100.0, overlap=0.5, scales=(1.0,), tile_px=16, min_valid=0.5)
+    with pytest.raises(MeanlocError, match="tile 11 is unreadable"):
+        build_bank(broken, ProjectionBackend(_projection_identity()), tmp_path / "broken", workers=3, **options)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line: build, info, verify, merge
 
@@ -385,6 +411,27 @@ def test_cli_build_info_verify_and_corruption(geotiff, onnx_models, tmp_path, ca
     capsys.readouterr()
     assert meanloc_main(["bank", "verify", str(out)]) == 1
     assert "embeddings.npy sha256 differs" in capsys.readouterr().err
+
+
+def test_cli_index_adds_an_index_to_a_bank_without_one(geotiff, onnx_models, tmp_path, capsys):
+    out = tmp_path / "plain"
+    args = ["bank", "build", "--model", str(onnx_models[0]), "--orthophoto", str(geotiff), "--out", str(out)]
+    assert meanloc_main([*args, "--tile-m", "150", "--no-progress", "--no-index"]) == 0
+    assert "index" not in json.loads((out / "manifest.json").read_text())
+    capsys.readouterr()
+    assert meanloc_main(["bank", "info", str(out)]) == 0
+    assert "index:       none" in capsys.readouterr().out
+    assert meanloc_main(["bank", "index", str(out)]) == 0
+    assert "index of" in capsys.readouterr().out
+    assert meanloc_main(["bank", "info", str(out)]) == 0
+    assert "index:       sign-codes v1, 16 bytes/tile" in capsys.readouterr().out
+    assert meanloc_main(["bank", "verify", str(out)]) == 0
+    assert "search index" in capsys.readouterr().out
+    assert meanloc_main(["bank", "index", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    before = (out / "index_codes.npy").read_bytes()
+    assert meanloc_main(["bank", "index", str(out), "--overwrite"]) == 0
+    assert (out / "index_codes.npy").read_bytes() == before
 
 
 def test_cli_build_rejects_bad_arguments(geotiff, onnx_models, tmp_path, capsys):

@@ -1,6 +1,11 @@
 """Bank search: exact top-k against a brute-force reference, geographic windows, confidence
-margins, the local metric frame, FAISS and (on a GPU) CuPy. Banks are real folders on disk."""
+margins, the local metric frame, the compressed index (two-stage search, FAISS and numpy scans,
+verification) and (on a GPU) CuPy. Banks are real folders on disk.
 
+Also run on Python 3.8 with numpy < 1.25 and no FAISS (.ci/onboard-py38): Python 3.8 syntax."""
+
+import json
+import shutil
 import subprocess
 import sys
 
@@ -9,9 +14,18 @@ import pytest
 from pyproj import Geod
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
-from meanloc.runtime.bank import LocalFrame, SatelliteBank, SearchWindow
+from meanloc.runtime.bank import LocalFrame, SatelliteBank, SearchWindow, build_index, verify_bank
+from meanloc.runtime.bank import bank as bank_module
+from meanloc.runtime.bank.index import (
+    CODES_FILE,
+    INDEX_FILES,
+    IndexSearcher,
+    _popcount_rows,
+    faiss_or_none,
+    nearest_rows,
+)
 from meanloc.runtime.bank.search import ExactSearcher, blocked_topk
-from meanloc.runtime.bank.store import write_bank
+from meanloc.runtime.bank.store import read_manifest, set_manifest_section, write_bank
 from meanloc.runtime.bank.tiles import records_from_rows
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
@@ -266,14 +280,177 @@ def test_local_frame_distances_and_round_trip():
         np.testing.assert_allclose(back_lon, lon, atol=1e-9)
 
 
-def test_faiss_engine_agrees_with_exact_search(grid_bank):
-    pytest.importorskip("faiss")
-    bank = SatelliteBank.open(grid_bank.directory, engine="faiss")
-    queries = _unit_rows(np.random.default_rng(2), 4, 48)
-    scores, indices = bank.search(queries, 6)
-    _assert_exact(scores, indices, _reference_scores(queries, grid_bank.embeddings))
-    with pytest.raises(MeanlocError, match="FAISS index description"):
-        SatelliteBank.open(grid_bank.directory, engine="faiss", faiss_factory="NotAnIndex")
+# ---------------------------------------------------------------------------------------------
+# The compressed index: sign codes scanned by Hamming distance, exact re-ranking
+
+SCANS = ["numpy"] + (["faiss"] if faiss_or_none() is not None else [])
+
+
+def _indexed_copy(bank, folder):
+    shutil.copytree(str(bank.directory), str(folder))
+    build_index(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def indexed_grid(grid_bank, tmp_path_factory):
+    return _indexed_copy(grid_bank, tmp_path_factory.mktemp("indexed") / "grid")
+
+
+WIDE_DIM = 256  # sign codes need width: at 48-d a code has only 48 bits
+LOOK_ALIKE = 100
+
+
+@pytest.fixture(scope="module")
+def wide_overlapping(tmp_path_factory):
+    """The overlapping grid at 256-d, with its index: (exact bank, index folder)."""
+    rng = np.random.default_rng(18)
+    embeddings = _unit_rows(rng, GRID_ROWS * GRID_COLS, WIDE_DIM)
+    near = embeddings[TARGET] + 0.35 * _unit_rows(rng, len(NEIGHBOURS), WIDE_DIM)
+    embeddings[NEIGHBOURS] = near / np.linalg.norm(near, axis=1, keepdims=True)
+    # A look-alike place far away: the ambiguity a margin exists to measure.
+    alike = embeddings[TARGET] + 0.8 * _unit_rows(rng, 1, WIDE_DIM)[0]
+    embeddings[LOOK_ALIKE] = alike / np.linalg.norm(alike)
+    folder = tmp_path_factory.mktemp("wide") / "bank"
+    records = _grid_records(GRID_ROWS, GRID_COLS, 50.0, 90.0)
+    identity = _identity(dim=WIDE_DIM)
+    write_bank(folder, [embeddings.astype(np.float16)], records, [SOURCE], identity, {"type": "test"})
+    build_index(folder)
+    return SatelliteBank.open(folder, engine="exact"), folder
+
+
+def _near_row_queries(embeddings, rows, cosine, seed):
+    """Unit queries at `cosine` from the given bank rows (the bench's noise model)."""
+    rng = np.random.default_rng(seed)
+    base = np.asarray(embeddings[rows], dtype=np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noise = rng.standard_normal(base.shape).astype(np.float32)
+    noise -= np.sum(noise * base, axis=1, keepdims=True) * base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return cosine * base + np.sqrt(1.0 - cosine**2) * noise
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_index_with_every_row_reranked_is_the_exact_search(indexed_grid, grid_bank, scan):
+    bank = SatelliteBank.open(indexed_grid, engine="index", scan=scan, rerank=grid_bank.count)
+    assert bank.describe()["global_search"]["scan"] == scan
+    queries = _unit_rows(np.random.default_rng(21), 6, 48)
+    scores, indices = bank.search(queries, 9)
+    exact_scores, exact_indices = grid_bank.search(queries, 9)
+    assert np.array_equal(indices, exact_indices)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_index_narrows_to_few_candidates_and_keeps_the_exact_top1(wide_overlapping, scan):
+    exact, folder = wide_overlapping
+    bank = SatelliteBank.open(folder, engine="index", scan=scan, rerank=24)
+    rows = np.arange(1, exact.count, 37)
+    queries = _near_row_queries(exact.embeddings, rows, 0.5, seed=3)
+    scores, indices = bank.search(queries, 10)
+    exact_scores, exact_indices = exact.search(queries, 10)
+    assert np.array_equal(exact_indices[:, 0], rows)  # the noise model keeps the source row on top
+    assert np.array_equal(indices[:, 0], exact_indices[:, 0])
+    np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], atol=1e-6)
+    # Only 24 of 1200 rows were scored: the scores returned are the exact ones of their rows.
+    reference = _reference_scores(queries, exact.embeddings)
+    np.testing.assert_allclose(np.take_along_axis(reference, indices, axis=1), scores, atol=1e-5)
+    assert len(bank._searcher.candidates(queries[0], 24)) == 24
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_margin_through_the_index_matches_the_exact_margin(wide_overlapping, k):
+    """The runner-up that matters resembles the query, so the index finds it; with k=1 it is not
+    among the results and the margin searches again, through the index."""
+    exact, folder = wide_overlapping
+    bank = SatelliteBank.open(folder, engine="index", rerank=32)
+    query = _near_row_queries(exact.embeddings, [TARGET], 0.9, seed=k)[0]
+    scores, indices = bank.search(query[None], k)
+    margin = bank.margin(query, scores[0], indices[0])
+    exact_scores, exact_indices = exact.search(query[None], k)
+    expected = exact.margin(query, exact_scores[0], exact_indices[0])
+    assert margin.top_index == expected.top_index == TARGET
+    assert margin.runner_up_index == expected.runner_up_index == LOOK_ALIKE
+    assert margin.margin == pytest.approx(expected.margin, abs=1e-6)
+
+
+@pytest.mark.parametrize("code_bytes", [6, 16, 96, 104])
+def test_faiss_and_numpy_scans_give_the_same_distances(code_bytes):
+    """96 bytes is a 768-d code: FAISS 1.7/1.8 (Jetson's) crash on it whole, so it goes in parts."""
+    rng = np.random.default_rng(code_bytes)
+    codes = rng.integers(0, 256, (300, code_bytes), dtype=np.uint8)
+    embeddings = np.zeros((300, code_bytes * 8), dtype=np.float16)
+    centre = np.zeros(code_bytes * 8, dtype=np.float32)
+    code = rng.integers(0, 256, (1, code_bytes), dtype=np.uint8)
+    expected = np.unpackbits(np.bitwise_xor(codes, code), axis=1).sum(axis=1)
+    for scan in SCANS:
+        searcher = IndexSearcher(embeddings, codes, centre, scan=scan)
+        assert searcher.scan_engine == scan
+        assert np.array_equal(searcher._scan.distances(code), expected), scan
+
+
+@pytest.mark.parametrize("width", [3, 16])
+def test_popcount_without_numpy_bitwise_count(monkeypatch, width):
+    """JetPack's numpy 1.x has no np.bitwise_count: the SWAR (uint64) and table (uint8) counts."""
+    rng = np.random.default_rng(width)
+    codes = rng.integers(0, 256, (50, width), dtype=np.uint8)
+    expected = np.unpackbits(codes, axis=1).sum(axis=1)
+    words = codes.view(np.uint64) if width % 8 == 0 else codes
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert np.array_equal(_popcount_rows(words.copy()), expected)
+
+
+def test_nearest_rows_takes_ties_in_row_order():
+    rng = np.random.default_rng(2)
+    distances = rng.integers(0, 6, 400).astype(np.int32)
+    for count in (1, 37, 80, 399, 400, 500):
+        order = np.lexsort((np.arange(400), distances))[:count]
+        assert np.array_equal(nearest_rows(distances, count), np.sort(order))
+
+
+def test_engine_auto_uses_the_index_from_a_size_on(indexed_grid, grid_bank, monkeypatch):
+    assert SatelliteBank.open(indexed_grid).describe()["global_search"] == "exact"  # 1,200 tiles
+    monkeypatch.setattr(bank_module, "INDEX_MIN_TILES", 1000)
+    bank = SatelliteBank.open(indexed_grid)
+    assert isinstance(bank._searcher, IndexSearcher) and bank.describe()["global_search"]["rerank"] == 256
+    # Windowed searches stay exact.
+    x, y = grid_bank.tiles.x[TARGET], grid_bank.tiles.y[TARGET]
+    query = _unit_rows(np.random.default_rng(1), 1, 48)
+    window = SearchWindow(230.0, x=x, y=y)
+    assert np.array_equal(bank.search(query, 4, window=window)[1], grid_bank.search(query, 4, window=window)[1])
+    with pytest.raises(MeanlocError, match="no search index"):
+        SatelliteBank.open(grid_bank.directory, engine="index")
+
+
+def test_verify_recomputes_the_index_and_open_refuses_a_stale_one(indexed_grid, tmp_path):
+    folder = _indexed_copy(SatelliteBank.open(indexed_grid), tmp_path / "bank")
+    assert verify_bank(folder) == []
+    # Tamper with one code and re-hash it, as a careless tool would: the recomputation notices.
+    codes = np.load(str(folder / CODES_FILE))
+    codes[77, 0] ^= 1
+    np.save(str(folder / CODES_FILE), codes)
+    manifest = set_manifest_section(folder, "index", read_manifest(folder)["index"], INDEX_FILES)
+    assert verify_bank(folder) == [f"{CODES_FILE} row 77 does not match the embeddings"]
+    # An index of other embeddings is refused at open and reported by verify.
+    manifest["index"]["embeddings_sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactMismatchError, match="other embeddings"):
+        SatelliteBank.open(folder, engine="index")
+    assert verify_bank(folder) == ["the index was built from other embeddings than this bank's"]
+    build_index(folder)
+    assert verify_bank(folder) == []
+    (folder / CODES_FILE).write_bytes(b"broken")
+    assert any("sha256 differs" in p for p in verify_bank(folder))
+    with pytest.raises(MeanlocError, match=r"damaged: index_codes\.npy"):  # the hash check at open sees it first
+        SatelliteBank.open(folder, engine="index")
+    with pytest.raises(ArtifactMismatchError, match="cannot read bank index"):  # and without hashes, the index
+        SatelliteBank.open(folder, engine="index", check="fast")
+
+
+def test_rebuilt_index_is_byte_identical(indexed_grid, tmp_path):
+    folder = _indexed_copy(SatelliteBank.open(indexed_grid), tmp_path / "again")
+    for name in INDEX_FILES:
+        assert (folder / name).read_bytes() == (indexed_grid / name).read_bytes()
 
 
 def test_unknown_engine_and_device_are_refused(grid_bank):

@@ -106,6 +106,28 @@ def test_name_check_names_missing_and_extra_tensors():
     check_cache_names(matching, graph_names, {"images", "conv_out", "matmul_out"}, "calibration.cache")
 
 
+def test_defect_11_a_cache_tensorrt_wrote_on_the_device_is_accepted():
+    """TensorRT's own calibration lists the tensors it made itself (#3131, #3659, #4058): they are not
+    another graph's names; a foreign ONNX name still is."""
+    graph_names = {"images", "conv_out", "matmul_out", "/embeddings/Constant_2_output_0"}
+    required = {"images", "conv_out", "matmul_out"}
+    written_on_device = (
+        "TRT-100300-EntropyCalibration2\n"
+        "images: 3c010204\nconv_out: 3d000000\nmatmul_out: 3d100000\n"
+        "(Unnamed Layer* 139) [Constant]_output: 3c000000\n"
+        "(Unnamed Layer* 140) [Shuffle]_output: 3c000000\n"
+        "(Unnamed Layer* 141) [Matrix Multiply]_output_1: 3c000000\n"
+        "ONNXTRT_Broadcast_97_output: 3c000000\n"
+        "/embeddings/Constant_2_output_0_output: 3c000000\n"
+        "conv_out_1: 3c000000\n"
+    )
+    cache = parse_calibration_cache(written_on_device.encode(), "device.cache")
+    check_cache_names(cache, graph_names, required, "device.cache")
+    foreign = parse_calibration_cache((written_on_device + "/other/model/MatMul_output_0: 3c000000\n").encode(), "x")
+    with pytest.raises(ArtifactMismatchError, match=r"1 cache tensors are not in the ONNX \(/other/model/MatMul_output_0\)"):
+        check_cache_names(foreign, graph_names, required, "x")
+
+
 def test_manifest_describes_the_cache_and_detects_changes(tmp_path):
     path = tmp_path / "calibration.cache"
     cache = build_cache({"images": 2.0}, "8.6")

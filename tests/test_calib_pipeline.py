@@ -84,6 +84,9 @@ def test_cache_covers_the_onnx_activations_with_amax_of_what_the_model_computes(
 
 
 def test_tensorrt_qdq_model_follows_tensorrts_rules_and_uses_the_same_ranges(calibrated):
+    """Defect 2 of issue 15: TensorRT 8.x takes FP32 weights behind their own Q->DQ pair (8.6 developer
+    guide, "Quantized Weights") and a dedicated pair per quantizable input, not ORT's default
+    INT8-initializer -> DequantizeLinear."""
     exported, _, outputs = calibrated
     model = onnx.load(str(outputs.qdq_trt))
     initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -95,23 +98,33 @@ def test_tensorrt_qdq_model_follows_tensorrts_rules_and_uses_the_same_ranges(cal
     cache_scales = read_calibration_cache(outputs.cache).scales
     dequantized = [node for node in model.graph.node if node.op_type == "DequantizeLinear"]
     assert dequantized and {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "Conv", "MatMul"}
+    weights = 0
     for dq in dequantized:
-        # Q/DQ only for Conv/MatMul/Gemm inputs (a residual Add may share one), never LayerNorm, Transpose, ...
-        receivers = {c.op_type for c in consumers[dq.output[0]]}
-        assert receivers & set(INT8_OP_TYPES) and receivers <= {*INT8_OP_TYPES, "Add"}
+        # A dedicated pair per Conv/MatMul/Gemm input (a residual Add reading the same activation may
+        # share its DQ), never on LayerNorm, Transpose, ...
+        receivers = [c.op_type for c in consumers[dq.output[0]]]
+        assert sum(r in INT8_OP_TYPES for r in receivers) == 1 and set(receivers) <= {*INT8_OP_TYPES, "Add"}
+        assert dq.input[0] not in initializers, "an INT8 weight initializer feeds a DequantizeLinear"
+        quantize = producers[dq.input[0]]
+        assert quantize.op_type == "QuantizeLinear" and len(consumers[quantize.output[0]]) == 1
         zero_point = initializers[dq.input[2]]
         assert zero_point.dtype == np.int8 and not zero_point.any()  # signed, symmetric
-        if dq.input[0] in initializers:  # a weight: per output channel
+        if quantize.input[0] in initializers:  # a weight: FP32, quantized per output channel by TensorRT
+            weights += 1
+            assert initializers[quantize.input[0]].dtype == np.float32
             assert initializers[dq.input[1]].size > 1
         else:  # an activation: per tensor, scale = the cache's amax / 127
-            quantize = producers[dq.input[0]]
             scale = float(initializers[dq.input[1]])
             assert scale == pytest.approx(cache_scales[quantize.input[0]], rel=1e-5)
+    assert weights == sum(node.op_type in INT8_OP_TYPES for node in model.graph.node)
     assert next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx")) == 17
     props = {p.key: p.value for p in model.metadata_props}
     identity = ModelIdentity.from_onnx_metadata(props, "qdq")
     assert identity.precision == "int8-qdq-trt"
     assert identity.checkpoint_sha256 == exported.identity.checkpoint_sha256
+    # The CPU flavour keeps ORT's INT8 weight initializers: ORT folds them into its integer kernels.
+    cpu_model = onnx.load(str(outputs.cpu))
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in cpu_model.graph.initializer)
 
 
 def test_both_int8_models_track_fp32_embeddings(calibrated):

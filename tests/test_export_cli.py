@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 from export_fake_tensorrt import FakeTensorRTForWiringTests
+from fake_cuda_bindings import install_fake_gpu
 
 from meanloc.cli import main
 from meanloc.errors import EXIT_ARTIFACT_MISMATCH, EXIT_MISSING_DEPENDENCY
@@ -125,7 +126,7 @@ def test_export_engine_refuses_corrupt_and_foreign_onnx(exported, capsys, tmp_pa
 def test_export_engine_builds_then_reuses_and_refuses_what_trt_cannot_build(
     exported, capsys, tmp_path, monkeypatch
 ):
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRTForWiringTests("8.5.2.2"))
+    install_fake_gpu(monkeypatch, "8.5.2.2")  # with the CUDA binding whose GPU probe the sidecar records
     args = [
         "export",
         "engine",
@@ -142,9 +143,10 @@ def test_export_engine_builds_then_reuses_and_refuses_what_trt_cannot_build(
         "--quiet",
     ]
     assert main(args) == 0
-    assert "fp16 engine, batch 1/4/4" in capsys.readouterr().out
+    assert "fp16 engine, batch 1/1/4" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "m.engine.json").read_text())
     assert sidecar["environment"]["tensorrt_version"] == "8.5.2.2" and (tmp_path / "timing.cache").exists()
+    assert sidecar["environment"]["gpu_name"] == "Fake GPU"
     assert main(args) == 0 and "reused identical build" in capsys.readouterr().out
 
     assert main(args[:-1] + ["--opt-level", "4"]) == 2
@@ -167,7 +169,7 @@ def test_export_engine_builds_then_reuses_and_refuses_what_trt_cannot_build(
         )
         == 2
     )
-    assert "no implicit INT8 calibration" in _error_line(capsys)
+    assert "TensorRT 11.0.0.1 is not supported" in _error_line(capsys)
 
 
 def test_help_does_not_import_torch_or_tensorrt():

@@ -82,7 +82,11 @@ def test_engine_embeddings_match_onnxruntime_fp32(artifacts, tmp_path, precision
         timing_cache=tmp_path / "timing.cache",
         echo=None,
     )
-    assert result.sidecar["precision"] == precision
+    assert result.sidecar.precision == precision
+    if precision.startswith("int8"):  # IEngineInspector saw INT8 layers on the real thing
+        report = result.sidecar.int8_layers
+        assert report["detailed"] and report["int8_layers"] > 0, report
+        print(f"{precision}: {report}")
     with open_backend(str(result.engine_path)) as backend:
         assert backend.identity.precision == precision
         embeddings = backend.embed(artifacts.batch)
@@ -103,4 +107,4 @@ def test_identical_engine_build_is_reused(artifacts, tmp_path):
         artifacts.onnx, tmp_path / "a.engine", precision="fp16", timing_cache=None, echo=None
     )
     assert not first.reused and second.reused
-    assert second.sidecar["engine_sha256"] == first.sidecar["engine_sha256"]
+    assert second.sidecar.engine_sha256 == first.sidecar.engine_sha256

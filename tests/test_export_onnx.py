@@ -12,16 +12,12 @@ import torch
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export import onnx_export
 from meanloc.export.onnx_export import export_model_onnx, export_onnx
-from meanloc.export.onnx_graph import (
-    FP32_NODES_KEY,
-    decomposed_layernorms,
-    fp32_sensitive_nodes,
-    l2_normalisation_nodes,
-    load_embedding_onnx,
-)
+from meanloc.export.onnx_graph import decomposed_layernorms, fp32_sensitive_nodes, l2_normalisation_nodes
 from meanloc.export.parity import check_parity, torch_reference
 from meanloc.runtime.artifacts import sha256_file
 from meanloc.runtime.identity import ModelIdentity
+from meanloc.runtime.onnx_contract import FP32_NODES_KEY
+from meanloc.runtime.onnx_file import load_embedding_onnx
 from meanloc.runtime.preprocess import PreprocessSpec
 from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint, save_checkpoint
 from meanloc.training.model import build_model, resolve_config
@@ -98,8 +94,10 @@ def test_opset17_has_native_layernorm_identity_and_dynamic_batch(exports, checkp
     assert loaded.metadata["meanloc.opset"] == "17" and loaded.metadata["meanloc.layernorm"] == "native"
     assert loaded.metadata["meanloc.version"] and loaded.metadata["meanloc.color_order"] == "RGB"
 
-    dims = [d.dim_param or d.dim_value for d in loaded.model.graph.input[0].type.tensor_type.shape.dim]
+    proto = onnx.load(str(result.path))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1:] == [3, 64, 64]
+    assert loaded.model.graph.input[0].dims == [None, 3, 64, 64]  # the onnx-free reader: symbolic -> None
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     out = session.run(
         None, {"images": np.random.default_rng(0).standard_normal((3, 3, 64, 64), dtype=np.float32)}
@@ -197,6 +195,23 @@ def test_unwritable_output_is_one_line_error(checkpoint, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(MeanlocError, match="cannot create output folder"):
         export_onnx(checkpoint, blocker / "model.onnx", parity=False)
+
+
+@pytest.mark.parametrize("opset", [16, 17])
+def test_the_onnx_free_reader_sees_what_onnx_sees(exports, opset):
+    """runtime/onnx_file.py decodes the protobuf itself (the Jetson builder has no `onnx`): compare it
+    field by field with the real package on real exports."""
+    proto = onnx.load(str(exports[opset].path))
+    parsed = load_embedding_onnx(exports[opset].path).model
+    assert [(n.name, n.op_type, n.domain, list(n.input), list(n.output)) for n in proto.graph.node] == [
+        (n.name, n.op_type, n.domain, n.input, n.output) for n in parsed.graph.node
+    ]
+    assert [(i.name, i.data_type, list(i.dims)) for i in proto.graph.initializer] == [
+        (i.name, i.data_type, i.dims) for i in parsed.graph.initializer
+    ]
+    assert {p.key: p.value for p in proto.metadata_props} == {p.key: p.value for p in parsed.metadata_props}
+    assert [(o.domain, o.version) for o in proto.opset_import] == [(o.domain, o.version) for o in parsed.opset_import]
+    assert [o.name for o in proto.graph.output] == [o.name for o in parsed.graph.output] == ["embedding"]
 
 
 def test_corrupt_and_foreign_onnx_are_refused(exports, tmp_path):

@@ -291,6 +291,9 @@ def model_case(world, folder, command, model):
                 "--overwrite"]
     if command == "export engine":
         return ["export", "engine", "--onnx", model, "--out", existing(folder / "model.engine")]
+    if command == "doctor --selftest":
+        return ["doctor", "--selftest", "--onnx", model, "--out", existing(folder / "selftest.json"), "--overwrite",
+                "--iterations", 1]
     raise ValueError(command)
 
 
@@ -311,7 +314,7 @@ ONNX_CASES = {"random ONNX": EXIT_BAD_INPUT, "truncated ONNX": EXIT_BAD_INPUT, "
 
 
 @pytest.mark.parametrize("command", ["localize", "bank build", "profile", "eval", "calibrate", "report precision",
-                                     "export engine"])
+                                     "export engine", "doctor --selftest"])
 @pytest.mark.parametrize("case", list(ONNX_CASES))
 def test_bad_onnx_models(world, tmp_path, capfd, case, command):
     bad = write_bad_onnx(case, tmp_path / "bad.onnx", world.onnx)

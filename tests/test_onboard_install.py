@@ -132,3 +132,20 @@ def test_doctor_runs_onboard(capsys):
     environment = json.loads(capsys.readouterr().out)["environment"]
     assert environment["python_version"] == "{}.{}.{}".format(*sys.version_info[:3])
     assert environment["numpy_version"] == np.__version__
+
+
+def test_doctor_selftest_and_the_engine_model_reader_run_onboard_without_torch_or_onnx(tmp_path, capsys):
+    """What a Jetson user runs first (docs/jetson.md §0): no torch, no `onnx` package, any numpy 1.x."""
+    out = tmp_path / "selftest.json"
+    assert main(["doctor", "--selftest", "--out", str(out), "--iterations", "3"]) in (0, 1)
+    report = json.loads(out.read_text())
+    assert report["onnxruntime"]["fp32"]["status"] == "ok"
+    assert report["onnxruntime"]["int8-qdq"]["cosine_to_fp32"]["mean"] > 0.97
+    assert report["tensorrt"]["status"] in ("skipped", "ran")
+    code = ("import sys\nfrom meanloc.runtime.onnx_file import load_embedding_onnx\n"
+            "from meanloc.selftest_model import build_selftest_model\n"
+            "open(sys.argv[1], 'wb').write(build_selftest_model(16).fp32_onnx)\n"
+            "print(load_embedding_onnx(sys.argv[1]).opset, sorted(m for m in ('torch', 'onnx') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "16 []"

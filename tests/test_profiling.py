@@ -1,5 +1,6 @@
 """Profiler statistics, Jetson telemetry parsing and the profiling procedure."""
 
+import json
 import statistics
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_tegrastats_orin_nano_nx_rails_and_energy():
     assert sample.ram_used_mb == 3595 and sample.gpu_load_pct == 0
     assert len(sample.cpu_loads_pct) == 6
     # VDD_IN is the module input: energy must use it alone, not the sum of all rails.
-    energy = energy_per_inference_mj([sample, sample], wall_time_s=2.0, inferences=100)
+    energy = energy_per_inference_mj([sample, sample], windows=[(-1.0, 1.0)], inferences=100)
     assert energy["power_source"] == "VDD_IN"
     assert energy["energy_per_inference_mj"] == pytest.approx(5.832 * 2.0 * 1e3 / 100)
 
@@ -60,7 +61,7 @@ def test_tegrastats_agx_orin_rails_summed_without_total_rail():
     assert set(sample.rails_mw) == {"VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "VDDQ_VDD2_1V8AO"}
     assert sample.gpu_load_pct == 37 and sample.gpu_freq_mhz == 1300
     assert sample.emc_load_pct == 1 and sample.emc_freq_mhz == 2133
-    assert "CPU" in sample.temperatures_c and "CV0" in sample.temperatures_c
+    assert "CPU" in sample.temperatures_c and "GPU" in sample.temperatures_c
     power, source = sample.total_power_mw()
     assert power == pytest.approx(4008 + 801 + 3034 + 503) and source.startswith("sum of rails")
 
@@ -130,8 +131,84 @@ def test_jtop_readings_become_samples_with_the_same_energy_rule():
 
     power = {"rail": {"VDD_IN": {"volt": 5000, "curr": 1200, "power": 6000}, "VDD_SOC": {"power": 1500}},
              "tot": {"power": 6000}}
-    temperature = {"tj": {"temp": 52.5, "online": True}, "cv0": {"temp": -256.0, "online": False}}
+    temperature = {"tj": {"temp": 52.5, "online": True}, "cv0": {"temp": -256.0, "online": False},
+                   "gpu": {"temp": -256.0, "online": True}}
     sample = jtop_sample(power, temperature, 0.0)
     assert sample.rails_mw == {"VDD_IN": 6000.0, "VDD_SOC": 1500.0}
     assert sample.temperatures_c == {"tj": 52.5}
-    assert energy_per_inference_mj([sample], 1.0, 10)["energy_per_inference_mj"] == pytest.approx(600.0)
+    assert energy_per_inference_mj([sample], [(0.0, 1.0)], 10)["energy_per_inference_mj"] == pytest.approx(600.0)
+
+
+def test_defect_13_offline_sensors_at_minus_256_are_dropped():
+    """tegrastats prints an offline thermal zone as -256 C (rbonghi/jetson_stats#350: the AGX Orin GPU
+    zone while idle); averaging it in gives nonsense temperatures."""
+    sample = parse_tegrastats_line(AGX_ORIN_JP5)
+    assert not {"CV0", "CV1", "CV2"} & set(sample.temperatures_c)
+    assert min(sample.temperatures_c.values()) > 0 and len(sample.temperatures_c) == 8
+
+
+def test_defect_6_energy_counts_only_each_targets_timed_iterations(tmp_path, monkeypatch):
+    """Energy per inference used one mean power over the whole run (warm-up, JPEG encoding, the timer
+    loop) and one figure for every compared target. Power here depends on who is running: an iteration
+    of target a draws 2 W, of b 8 W, and everything else (frame encoding, timer loop) 50 W."""
+    import argparse
+    import time
+
+    import meanloc.runtime.backends as backends
+    from meanloc.runtime.profiling import profile_cli, profiler, tegrastats
+
+    activity = []  # (start, end, milliwatts) of every iteration, on time.monotonic()
+
+    class PoweredBackend(_SlowNumpyBackend):
+        def __init__(self, milliwatts):
+            super().__init__()
+            self.milliwatts = milliwatts
+
+        def _embed_chunk(self, batch):
+            time.sleep(0.002)
+            return super()._embed_chunk(batch)
+
+    run_iteration = profiler.run_iteration
+
+    def powered_iteration(backend, *args):
+        start = time.monotonic()
+        timeline = run_iteration(backend, *args)
+        activity.append((start, time.monotonic(), backend.milliwatts))
+        return timeline
+
+    class RecordedSampler:
+        """Samples every 0.2 ms from start to stop: the running target's power, else 50 W."""
+
+        available = True
+
+        def start(self):
+            self.started = time.monotonic()
+
+        def stop(self):
+            stopped, samples, t = time.monotonic(), [], self.started
+            while t < stopped:
+                power = next((mw for begin, end, mw in activity if begin <= t <= end), 50000.0)
+                samples.append(tegrastats.TegrastatsSample(time_s=t, rails_mw={"VDD_IN": power}))
+                t += 0.0002
+            return samples
+
+    models = {"a.onnx": 2000.0, "b.onnx": 8000.0}
+    monkeypatch.setattr(backends, "open_backend", lambda path, **kwargs: PoweredBackend(models[path]))
+    monkeypatch.setattr(tegrastats, "TegrastatsSampler", RecordedSampler)
+    monkeypatch.setattr(profiler, "run_iteration", powered_iteration)
+    parser = argparse.ArgumentParser()
+    profile_cli.configure(parser)  # every option's default, as `meanloc profile` parses them
+    args = parser.parse_args(["--model", "a.onnx", "--model", "b.onnx", "--batch", "1", "--warmup", "3",
+                              "--iterations", "20", "--min-iterations", "20", "--bank-size", "0",
+                              "--out", str(tmp_path / "prof")])
+    assert profile_cli.run(args) == 0
+    report = json.loads((tmp_path / "prof" / "report.json").read_text())
+    by_label = {result["label"].split(" ")[0]: result for result in report["results"]}
+    for label, milliwatts in models.items():
+        energy = by_label[label]["energy"]
+        # Only the target's own samples, give or take one that lands in the microseconds between the
+        # profiler's clock read and the iteration's (never the 50 W of setup, warm-up or the other target).
+        assert milliwatts <= energy["mean_power_mw"] < milliwatts * 1.25, label
+        assert energy["inferences"] == 20 and 20 * 0.002 <= energy["timed_s"] < 5.0
+        assert energy["energy_per_inference_mj"] == pytest.approx(energy["mean_power_mw"] * energy["timed_s"] / 20)
+    assert "timed_windows" not in by_label["a.onnx"]

@@ -14,9 +14,9 @@ from meanloc.cli import main
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.export.precision_report import build_precision_report
 from meanloc.runtime.artifacts import new_manifest
+from meanloc.runtime.engine_sidecar import ENGINE_SIDECAR_KIND
 from meanloc.runtime.images import read_image
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
-from meanloc.runtime.trt_env import ENGINE_SIDECAR_KIND
 from meanloc.training.data.splits import load_eval_split
 
 

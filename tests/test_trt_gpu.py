@@ -17,13 +17,10 @@ from meanloc.errors import ArtifactMismatchError
 from meanloc.export.onnx_export import export_onnx
 from meanloc.runtime.artifacts import atomic_write_bytes, atomic_write_json, new_manifest, sha256_file
 from meanloc.runtime.backends import open_backend
-from meanloc.runtime.cuda_memory import available_cuda_libraries, open_cuda_memory
-from meanloc.runtime.trt_env import (
-    ENGINE_SIDECAR_KIND,
-    describe_environment,
-    engine_sidecar_environment,
-    engine_sidecar_path,
-)
+from meanloc.runtime.cuda_device import available_cuda_libraries, open_cuda_memory
+from meanloc.runtime.engine_sidecar import ENGINE_SIDECAR_KIND, engine_sidecar_path, recorded_environment
+from meanloc.runtime.trt_api import tensorrt_logger
+from meanloc.runtime.trt_env import engine_environment
 from meanloc.training.checkpoint import save_checkpoint
 from meanloc.training.model import build_model, resolve_config
 
@@ -36,7 +33,7 @@ def build_test_engine(onnx_path, engine_path, identity, fp16):
     """Build with the name-independent parts of TensorRT's builder API (8.5, 8.6 and 10.x)."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt)  # TensorRT keeps one logger per process (#1475)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -61,7 +58,7 @@ def build_test_engine(onnx_path, engine_path, identity, fp16):
         identity=identity.to_dict(),
         precision=precision,
         engine_sha256=sha256_file(engine_path),
-        environment=engine_sidecar_environment(describe_environment(probe_dla=False)),
+        environment=recorded_environment(engine_environment(probe_dla=False)),
         profile={"min": 1, "opt": 2, "max": MAX_BATCH},
     )
     atomic_write_json(engine_sidecar_path(str(engine_path)), sidecar)

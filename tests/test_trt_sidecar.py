@@ -1,12 +1,16 @@
-"""Engine sidecar checks against the running environment, and the Jetson/L4T probes behind them."""
+"""The engine sidecar (one dataclass: JSON in and out, checked against the running environment), and the
+Jetson/L4T probes behind the environment."""
+
+import json
+from pathlib import Path
 
 import pytest
 
 from meanloc.errors import ArtifactMismatchError
+from meanloc.runtime.engine_sidecar import EngineSidecar, engine_sidecar_path, recorded_environment
+from meanloc.runtime.identity import ModelIdentity
+from meanloc.runtime.preprocess import PreprocessSpec
 from meanloc.runtime.trt_env import (
-    check_engine_sidecar,
-    engine_sidecar_environment,
-    engine_sidecar_path,
     jetpack_from_l4t,
     jetson_model,
     l4t_release,
@@ -24,15 +28,18 @@ ORIN_JP6 = {
 }
 
 
+IDENTITY = ModelIdentity("ab" * 32, "mean-nano", 128, PreprocessSpec(size=64), precision="fp16")
+
+
 def _sidecar(**changes):
-    environment = engine_sidecar_environment(ORIN_JP6, dla_core=changes.pop("dla_core", None))
+    environment = recorded_environment(ORIN_JP6, dla_core=changes.pop("dla_core", None))
     environment.update(changes)
-    return {"kind": "tensorrt-engine", "format_version": 1, "environment": environment}
+    return EngineSidecar(identity=IDENTITY, environment=environment)
 
 
 def test_same_machine_passes():
-    check_engine_sidecar(_sidecar(), ORIN_JP6)
-    check_engine_sidecar(_sidecar(dla_core=1), ORIN_JP6)
+    _sidecar().check(ORIN_JP6)
+    _sidecar(dla_core=1).check(ORIN_JP6)
 
 
 @pytest.mark.parametrize(
@@ -51,16 +58,42 @@ def test_same_machine_passes():
 def test_mismatches_are_named_with_both_sides_and_the_fix(sidecar_changes, env_changes, expected):
     env = dict(ORIN_JP6, **env_changes)
     with pytest.raises(ArtifactMismatchError) as caught:
-        check_engine_sidecar(_sidecar(**sidecar_changes), env)
+        _sidecar(**sidecar_changes).check(env)
     message = str(caught.value)
     assert expected in message
     assert message.startswith("engine built for TensorRT") and "rebuild it here with `meanloc export engine`" in message
     assert "\n" not in message
 
 
+def test_sidecar_round_trips_through_json_and_refuses_what_is_not_one(tmp_path):
+    sidecar = EngineSidecar(
+        identity=IDENTITY, environment=recorded_environment(ORIN_JP6), engine_sha256="c" * 64, precision="fp16",
+        profile={"min": 1, "opt": 1, "max": 8}, onnx_identity=IDENTITY, build_warnings=["w"],
+        int8_layers={"layers": 3},
+    )
+    engine = tmp_path / "m.engine"
+    path = sidecar.write(str(engine))
+    assert path == engine_sidecar_path(str(engine))
+    payload = json.loads(Path(path).read_text())
+    assert payload["kind"] == "tensorrt-engine" and payload["identity"]["preset"] == "mean-nano"
+    assert EngineSidecar.load(str(engine)) == sidecar
+    # A sidecar written before this dataclass (fewer keys, extra ones) still loads.
+    old = {"kind": "tensorrt-engine", "format_version": 1, "identity": IDENTITY.to_dict(),
+           "environment": recorded_environment(ORIN_JP6), "precision": "fp16", "future_key": 1}
+    assert EngineSidecar.from_json(old, "old.json").engine_precision == "fp16"
+    with pytest.raises(ArtifactMismatchError, match="lacks the 'environment' section"):
+        EngineSidecar.from_json({"kind": "tensorrt-engine", "format_version": 1, "identity": {}}, "x.json")
+    with pytest.raises(ArtifactMismatchError, match="is a 'bank' artifact"):
+        EngineSidecar.from_json({"kind": "bank", "format_version": 1}, "x.json")
+    with pytest.raises(ArtifactMismatchError, match=r"engine sidecar x.json: invalid model identity"):
+        EngineSidecar.from_json(dict(old, identity={"preset": "x"}), "x.json")
+    with pytest.raises(ArtifactMismatchError, match="has no sidecar manifest"):
+        EngineSidecar.load(str(tmp_path / "other.engine"))
+
+
 def test_sidecar_path_and_recorded_environment_fields():
     assert engine_sidecar_path("/x/model.fp16.engine") == "/x/model.fp16.engine.json"
-    recorded = engine_sidecar_environment(dict(ORIN_JP6, cpu_model="ARMv8"), dla_core=0)
+    recorded = recorded_environment(dict(ORIN_JP6, cpu_model="ARMv8"), dla_core=0)
     assert recorded == {
         "tensorrt_version": "10.3.0.30",
         "cuda_runtime_version": "12.6",

@@ -18,10 +18,10 @@ from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependenc
 
 from ..artifacts import ensure_writable_dir, sha256_file
 from ..identity import ModelIdentity
+from ..onnx_contract import INPUT_NAME
 from ..trt_env import module_version
 from .base import EmbeddingBackend, l2_normalise, pad_batch
 
-INPUT_NAME = "images"
 DEFAULT_MAX_BATCH = 32
 
 # Short names users type -> ONNX Runtime provider names, best first (the automatic choice order).
@@ -77,9 +77,10 @@ def tensorrt_provider_options(
         "trt_engine_cache_path": cache_dir,
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": cache_dir,
-        # One profile covering every batch the backend will send, so no rebuild at run time.
+        # One profile covering every batch the backend will send, so no rebuild at run time, tuned
+        # for batch 1 (the onboard loop's batch; "opt" is the shape kernels are chosen for).
         "trt_profile_min_shapes": shape.format(1),
-        "trt_profile_opt_shapes": shape.format(max_batch),
+        "trt_profile_opt_shapes": shape.format(1),
         "trt_profile_max_shapes": shape.format(max_batch),
         "trt_fp16_enable": str(bool(settings.fp16)),
         "trt_int8_enable": str(bool(settings.int8)),
@@ -165,6 +166,7 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         max_batch: Optional[int] = None,
         tensorrt: Optional[TensorRTProviderSettings] = None,
         device_id: int = 0,
+        io_binding: bool = True,
     ) -> None:
         ort = import_onnxruntime()
         self.path = str(path)
@@ -184,6 +186,11 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         # A model exported with a fixed batch takes exactly that many images: pad smaller chunks.
         self._fixed_batch = fixed_batch
         self.max_batch = fixed_batch or requested_batch
+        self._device_id = int(device_id)
+        self._binding = self._session.io_binding() if io_binding else None
+        # Outputs go straight into a host buffer only when the model declares them as (N, D)
+        # float32; anything else is left to ONNX Runtime and refused with a clear error below.
+        self._host_outputs = {} if _declares_embedding_output(self._session, self.embed_dim) else None
 
     def _create_session(self, ort: Any, threads: Optional[int], max_batch: int, device_id: int) -> Any:
         options = ort.SessionOptions()
@@ -238,8 +245,7 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         count = len(batch)
         if self._fixed_batch:
             batch = pad_batch(batch, self._fixed_batch)
-        (output,) = self._session.run([self._output_name], {self._input_name: batch})
-        output = np.asarray(output)
+        output = self._run(batch)
         if output.ndim != 2 or output.shape[1] != self.embed_dim:
             raise ArtifactMismatchError(
                 "{} produced embeddings of shape {}, but its metadata says dimension {}".format(
@@ -249,12 +255,38 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         # Host-side, float32 renormalisation: an FP16 graph may have overflowed in its own L2 norm.
         return l2_normalise(output[:count])
 
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One inference. With I/O binding the input is bound where it lies (host memory, no copy
+        on the CPU provider) and the output either to a host buffer this backend keeps per batch
+        size (CPU: ONNX Runtime allocates nothing per call) or to the GPU (CUDA/TensorRT
+        providers: one device-to-host copy of the embeddings). The host buffer is reused: callers
+        copy (`l2_normalise` does)."""
+        if self._binding is None:
+            (output,) = self._session.run([self._output_name], {self._input_name: batch})
+            return np.asarray(output)
+        binding = self._binding
+        binding.bind_cpu_input(self._input_name, batch)
+        if self.providers[0] != "cpu" or self._host_outputs is None:
+            if self.providers[0] != "cpu":
+                binding.bind_output(self._output_name, "cuda", self._device_id)
+            else:
+                binding.bind_output(self._output_name, "cpu")
+            self._session.run_with_iobinding(binding)
+            return np.asarray(binding.copy_outputs_to_cpu()[0])
+        output = self._host_outputs.get(len(batch))
+        if output is None:
+            output = self._host_outputs[len(batch)] = np.empty((len(batch), self.embed_dim), dtype=np.float32)
+        binding.bind_output(self._output_name, "cpu", 0, np.float32, list(output.shape), output.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        return output
+
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
-        info.update({"path": self.path, "providers": self._session.get_providers()})
+        info.update({"path": self.path, "providers": self._session.get_providers(), "io_binding": self._binding is not None})
         return info
 
     def close(self) -> None:
+        self._binding = None
         self._session = None
 
 
@@ -295,6 +327,16 @@ def _check_io(session: Any, path: str) -> Tuple[str, Optional[int], str]:
         raise ArtifactMismatchError("{} has no outputs".format(path))
     fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     return inputs[0].name, fixed_batch, outputs[0].name
+
+
+def _declares_embedding_output(session: Any, embed_dim: int) -> bool:
+    output = session.get_outputs()[0]
+    shape = list(output.shape or [])
+    return (
+        output.type == "tensor(float)"
+        and len(shape) == 2
+        and (not isinstance(shape[1], int) or shape[1] == embed_dim)
+    )
 
 
 def _check_input_size(session: Any, identity: ModelIdentity, path: str) -> None:

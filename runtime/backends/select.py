@@ -91,14 +91,21 @@ def available_backends() -> List[Dict[str, Any]]:
 
     Cheap and side-effect free apart from importing tensorrt/onnxruntime; never imports torch.
     """
-    from ..cuda_memory import available_cuda_libraries
+    from ..cuda_device import available_cuda_libraries
     from ..trt_env import distribution_version, module_version
 
     entries = []  # type: List[Dict[str, Any]]
 
+    from ..trt_api import check_supported_version
+
     trt_version = module_version("tensorrt")
     cuda_libraries = available_cuda_libraries()
     missing = [] if trt_version else ["tensorrt"]
+    if trt_version:
+        try:
+            check_supported_version(trt_version)
+        except MeanlocError:
+            missing.append("tensorrt 8.5-10.x (this is {})".format(trt_version))
     if not cuda_libraries:
         missing.append("pycuda or cuda-python")
     entries.append(

@@ -8,35 +8,27 @@ memory, so copies are truly asynchronous), inference runs on a non-default strea
 stream adds device-wide synchronisations), and the engine is warmed up once after loading.
 
 A plan only loads on the TensorRT version and GPU that built it, so the `<engine>.json` sidecar
-is checked against this machine before deserializing (`trt_env.check_engine_sidecar`).
+is checked against this machine before deserializing (`EngineSidecar.check`). TensorRT, its
+process-wide logger and CUDA come from the device layer (`trt_api`, `cuda_device`).
 Never imports torch. Python 3.8 compatible.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
+from meanloc.errors import ArtifactMismatchError, MeanlocError
 
 from ..artifacts import sha256_file
-from ..cuda_memory import CudaMemory, open_cuda_memory
+from ..cuda_device import CudaMemory, open_cuda_memory
+from ..engine_sidecar import EngineSidecar
 from ..identity import ModelIdentity
-from ..trt_env import (
-    ENV_DLA_CORE,
-    SIDECAR_ENGINE_SHA256,
-    SIDECAR_ENVIRONMENT,
-    SIDECAR_IDENTITY,
-    check_engine_sidecar,
-    engine_environment,
-    load_engine_sidecar,
-)
+from ..onnx_contract import INPUT_NAME
+from ..trt_api import import_tensorrt, tensorrt_logger
+from ..trt_env import engine_environment
 from .base import EmbeddingBackend, l2_normalise
 
-INPUT_NAME = "images"
-TENSORRT_INSTALL_HINT = (
-    "on Jetson: sudo apt install python3-libnvinfer (and a venv with --system-site-packages); "
-    "on x86: pip install 'tensorrt>=10,<11'"
-)
 STAGES = ("h2d", "inference", "d2h")
 # TensorRT DataType name -> numpy. Not `trt.nptype`: on TensorRT 8.5.2 it touches `np.bool`,
 # which NumPy 1.24 removed, so it fails for every type there.
@@ -51,14 +43,6 @@ NUMPY_DTYPES = {
 }
 
 
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("the tensorrt backend needs TensorRT's Python bindings: " + TENSORRT_INSTALL_HINT) from None
-    return tensorrt
-
-
 class TensorRTBackend(EmbeddingBackend):
     """`embed` with a serialized TensorRT engine built by `meanloc export engine`."""
 
@@ -70,7 +54,10 @@ class TensorRTBackend(EmbeddingBackend):
         max_batch: Optional[int] = None,
         memory: Optional[CudaMemory] = None,
         warmup_runs: int = 2,
+        warmup_batch: Optional[int] = None,
     ) -> None:
+        """`warmup_batch`: the batch the first runs use (default: the profile's opt batch, which
+        `meanloc export engine` sets to 1, the onboard loop's batch)."""
         self.path = str(path)
         self._memory = None  # type: Optional[CudaMemory]
         try:
@@ -78,31 +65,37 @@ class TensorRTBackend(EmbeddingBackend):
                 plan = handle.read()
         except OSError as exc:
             raise MeanlocError("cannot read engine {}: {}".format(self.path, exc.strerror or exc)) from None
-        self.sidecar = load_engine_sidecar(self.path)
+        self.sidecar = EngineSidecar.load(self.path)
         engine_sha256 = sha256_file(self.path)
-        recorded_sha256 = self.sidecar.get(SIDECAR_ENGINE_SHA256)
+        recorded_sha256 = self.sidecar.engine_sha256
         if recorded_sha256 and recorded_sha256 != engine_sha256:
             raise ArtifactMismatchError(
                 "engine {} does not match its sidecar (sha256 {}... vs recorded {}...); rebuild it".format(
                     self.path, engine_sha256[:12], str(recorded_sha256)[:12]
                 )
             )
-        uses_dla = self.sidecar[SIDECAR_ENVIRONMENT].get(ENV_DLA_CORE) is not None
-        check_engine_sidecar(self.sidecar, engine_environment(probe_dla=uses_dla))
-        self.identity = _identity_from_sidecar(self.sidecar, engine_sha256, self.path)
+        self.sidecar.check(engine_environment(probe_dla=self.sidecar.dla_core is not None))
+        self.identity = dataclasses.replace(
+            self.sidecar.identity, precision=self.sidecar.engine_precision, artifact_sha256=engine_sha256
+        )
 
         # TensorRT only now: a file that is no meanloc engine is refused the same way on every machine.
         trt = import_tensorrt()
         self._memory = memory if memory is not None else open_cuda_memory()
         try:
-            self._load(trt, plan, max_batch, warmup_runs)
+            self._load(trt, plan, max_batch, warmup_runs, warmup_batch)
         except BaseException:
             self.close()  # free whatever was allocated before the failure
             raise
 
-    def _load(self, trt: Any, plan: bytes, max_batch: Optional[int], warmup_runs: int) -> None:
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+    def _load(
+        self, trt: Any, plan: bytes, max_batch: Optional[int], warmup_runs: int, warmup_batch: Optional[int]
+    ) -> None:
+        self._runtime = trt.Runtime(tensorrt_logger(trt))  # must outlive the engine
+        if self.sidecar.dla_core is not None:
+            # IRuntime::setDLACore: "the DLA core to execute the engine on"; without it a DLA plan
+            # runs on the runtime's default core, not the one it was built for (NvInferRuntime.h).
+            self._runtime.DLA_core = self.sidecar.dla_core
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise ArtifactMismatchError(
@@ -110,7 +103,7 @@ class TensorRTBackend(EmbeddingBackend):
                 "version/GPU); rebuild it with `meanloc export engine`".format(trt.__version__, self.path)
             )
         self._output_name = _check_engine_io(trt, self._engine, self.identity, self.path)
-        self._min_batch, profile_max = _batch_range(self._engine)
+        self._min_batch, profile_opt, profile_max = _batch_range(self._engine)
         self.max_batch = min(int(max_batch), profile_max) if max_batch else profile_max
         if self.max_batch < self._min_batch:
             raise MeanlocError(
@@ -118,8 +111,10 @@ class TensorRTBackend(EmbeddingBackend):
             )
         self._context = self._engine.create_execution_context()
         self._allocate()
+        # Warm up at the shape that will run: the first inference at a new shape pays for it.
+        warm = min(max(int(warmup_batch or profile_opt), self._min_batch), self.max_batch)
         for _ in range(max(0, warmup_runs)):
-            self._embed_chunk(np.zeros((self.max_batch, 3, self.input_size, self.input_size), dtype=np.float32))
+            self._embed_chunk(np.zeros((warm, 3, self.input_size, self.input_size), dtype=np.float32))
         self._timings = {}
 
     def _allocate(self) -> None:
@@ -178,7 +173,8 @@ class TensorRTBackend(EmbeddingBackend):
                 "path": self.path,
                 "cuda_binding": self._memory.name if self._memory is not None else None,
                 "profile_batch": [self._min_batch, self.max_batch],
-                "built_on": self.sidecar.get(SIDECAR_ENVIRONMENT),
+                "dla_core": self.sidecar.dla_core,
+                "built_on": self.sidecar.environment,
             }
         )
         return info
@@ -199,17 +195,6 @@ def numpy_dtype(trt_dtype: Any) -> np.dtype:
     if name not in NUMPY_DTYPES:
         raise MeanlocError("engine tensor type {} is not supported by the TensorRT backend".format(name))
     return np.dtype(NUMPY_DTYPES[name])
-
-
-def _identity_from_sidecar(sidecar: Dict[str, Any], engine_sha256: str, path: str) -> ModelIdentity:
-    payload = dict(sidecar[SIDECAR_IDENTITY])
-    payload["artifact_sha256"] = engine_sha256
-    if "precision" in sidecar:
-        payload["precision"] = sidecar["precision"]
-    try:
-        return ModelIdentity.from_dict(payload)
-    except MeanlocError as exc:
-        raise ArtifactMismatchError("engine sidecar of {}: {}".format(path, exc)) from None
 
 
 def _io_tensors(trt: Any, engine: Any) -> Tuple[List[str], List[str]]:
@@ -243,10 +228,10 @@ def _check_engine_io(trt: Any, engine: Any, identity: ModelIdentity, path: str) 
     return outputs[0]
 
 
-def _batch_range(engine: Any) -> Tuple[int, int]:
-    """(min, max) batch of optimization profile 0, the one a new execution context uses."""
+def _batch_range(engine: Any) -> Tuple[int, int, int]:
+    """(min, opt, max) batch of optimization profile 0, the one a new execution context uses."""
     shape = tuple(engine.get_tensor_shape(INPUT_NAME))
     if shape[0] != -1:
-        return int(shape[0]), int(shape[0])
-    minimum, _, maximum = engine.get_tensor_profile_shape(INPUT_NAME, 0)
-    return int(minimum[0]), int(maximum[0])
+        return int(shape[0]), int(shape[0]), int(shape[0])
+    minimum, optimum, maximum = engine.get_tensor_profile_shape(INPUT_NAME, 0)
+    return int(minimum[0]), int(optimum[0]), int(maximum[0])

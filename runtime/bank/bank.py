@@ -1,5 +1,8 @@
 """`SatelliteBank`: a bank opened for search (memory-mapped embeddings, tile table, identity).
 
+Global searches of banks of INDEX_MIN_TILES tiles or more go through the bank's compressed index
+(two stages: Hamming scan of sign codes, exact re-ranking; `index.py`); smaller banks and every
+windowed search are searched exactly (`search.py`).
 Python 3.8 compatible; needs only numpy (CuPy / FAISS optional).
 """
 
@@ -13,7 +16,8 @@ from meanloc.errors import MeanlocError
 
 from ..identity import ModelIdentity
 from .feature_layer import FeatureLayer, has_layer
-from .search import DEFAULT_BLOCK_ROWS, ExactSearcher, FaissSearcher
+from .index import DEFAULT_RERANK, has_index, open_index
+from .search import DEFAULT_BLOCK_ROWS, ExactSearcher
 from .store import (
     check_bank_integrity,
     manifest_frame,
@@ -24,8 +28,14 @@ from .store import (
 )
 from .tiles import TileTable
 
-# Banks up to this float32 size (1 GiB: ~350k tiles at 768-d) are kept in RAM as float32 by default.
+# Banks up to this float32 size (1 GiB: ~350k tiles at 768-d) are kept in RAM as float32 by default
+# when their global searches are exact.
 FLOAT32_AUTO_LIMIT_BYTES = 1 << 30
+# engine="auto" searches banks of at least this many tiles through their index: below it an exact
+# single-query search takes under ~15 ms on 2 cores and exactness costs nothing
+# (bench/bench_bank_index.py); above it the exact search grows linearly, the index barely.
+INDEX_MIN_TILES = 20000
+SEARCH_ENGINES = ("auto", "exact", "index")
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,11 @@ class SatelliteBank:
         embeddings: np.ndarray,
         tiles: TileTable,
         searcher: Any,
+        exact: Optional[ExactSearcher] = None,
         features: Optional[FeatureLayer] = None,
     ) -> None:
+        """`searcher` serves global searches; `exact` (default: `searcher` if it is an
+        ExactSearcher, else a CPU one) serves windowed ones."""
         self.directory = directory
         self.manifest = manifest
         self.embeddings = embeddings
@@ -77,10 +90,9 @@ class SatelliteBank:
         self.frame = tiles.frame
         self.features = features  # the local-feature layer for geometric verification, if built
         self._searcher = searcher
-        # Windowed searches and margins always use exact search (windows hold few tiles).
-        self._exact = (
-            searcher if isinstance(searcher, ExactSearcher) else ExactSearcher(embeddings, device="cpu")
-        )
+        if exact is None:
+            exact = searcher if isinstance(searcher, ExactSearcher) else ExactSearcher(embeddings, device="cpu")
+        self._exact = exact
 
     @classmethod
     def open(
@@ -88,8 +100,9 @@ class SatelliteBank:
         directory: Union[str, Path],
         expected_identity: Optional[ModelIdentity] = None,
         device: str = "auto",
-        engine: str = "exact",
-        faiss_factory: str = "SQfp16",
+        engine: str = "auto",
+        scan: str = "auto",
+        rerank: int = DEFAULT_RERANK,
         block_rows: int = DEFAULT_BLOCK_ROWS,
         float32_in_memory: Optional[bool] = None,
         check: str = "auto",
@@ -97,16 +110,23 @@ class SatelliteBank:
         """Open a bank; with `expected_identity` (the model's) refuse a bank from other weights,
         dimension or preprocessing (ArtifactMismatchError).
 
-        engine: "exact" (blocked brute force, on CuPy when `device` allows) or "faiss" (optional,
-        for banks beyond ~1M tiles, index type `faiss_factory`). `float32_in_memory` trades twice
-        the bank size in RAM for faster global CPU searches (see `ExactSearcher`); None (default)
-        turns it on for banks whose float32 copy fits in FLOAT32_AUTO_LIMIT_BYTES, because per-query
-        float16 -> float32 conversion dominates a single-frame search (bench/bench_bank_search.py).
+        engine (global searches): "index" (two-stage search over the bank's compressed index:
+        Hamming scan with `scan` = "faiss", "numpy" or "auto", then exact re-ranking of `rerank`
+        candidates), "exact" (blocked brute force, on CuPy when `device` allows) or "auto" (the
+        index for banks that have one and at least INDEX_MIN_TILES tiles). `float32_in_memory`
+        trades twice the bank size in RAM for faster exact global CPU searches (see
+        `ExactSearcher`); None (default) turns it on when global searches are exact and the
+        float32 copy fits in FLOAT32_AUTO_LIMIT_BYTES, because per-query float16 -> float32
+        conversion dominates a single-frame search (bench/bench_bank_search.py).
 
         A damaged bank is refused in one line (`store.check_bank_integrity`): every row must be finite
         and unit length, and with `check` "auto" (small banks) or "full" the files must match their
         manifest's sha256; "fast" skips the hashes.
         """
+        if engine not in SEARCH_ENGINES:
+            raise MeanlocError(
+                "search engine must be one of {}, not {!r}".format(", ".join(SEARCH_ENGINES), engine)
+            )
         directory = Path(directory)
         manifest = read_manifest(directory)
         identity = manifest_identity(manifest)
@@ -114,19 +134,20 @@ class SatelliteBank:
             expected_identity.check_compatible(identity, "bank {} vs model".format(directory))
         embeddings = open_embeddings(directory, manifest)
         check_bank_integrity(directory, manifest, embeddings, check)
-        if float32_in_memory is None:
-            float32_in_memory = embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_AUTO_LIMIT_BYTES
         tiles = TileTable(open_tiles(directory, manifest), manifest["sources"], manifest_frame(manifest))
+        if engine == "auto":
+            engine = "index" if has_index(manifest) and len(embeddings) >= INDEX_MIN_TILES else "exact"
+        if engine == "index":
+            searcher = open_index(directory, manifest, embeddings, rerank=rerank, scan=scan)  # type: Any
+            # Windows hold few tiles: they are searched from the float16 rows directly.
+            float32_in_memory = bool(float32_in_memory)
+        elif float32_in_memory is None:
+            float32_in_memory = embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_AUTO_LIMIT_BYTES
+        exact = ExactSearcher(embeddings, device=device, block_rows=block_rows, float32_in_memory=float32_in_memory)
         if engine == "exact":
-            searcher = ExactSearcher(
-                embeddings, device=device, block_rows=block_rows, float32_in_memory=float32_in_memory
-            )  # type: Any
-        elif engine == "faiss":
-            searcher = FaissSearcher(embeddings, factory=faiss_factory, block_rows=block_rows)
-        else:
-            raise MeanlocError("search engine must be 'exact' or 'faiss', not {!r}".format(engine))
+            searcher = exact
         features = FeatureLayer.open(directory, manifest) if has_layer(manifest) else None
-        return cls(directory, manifest, embeddings, tiles, searcher, features)
+        return cls(directory, manifest, embeddings, tiles, searcher, exact, features)
 
     @property
     def count(self) -> int:
@@ -172,7 +193,7 @@ class SatelliteBank:
         as the top-1, so they say nothing about ambiguity and are excluded.
 
         `scores`/`indices` are one query's row from `search` (same window); the runner-up is taken
-        from them when possible, otherwise found by one more exact search.
+        from them when possible, otherwise found by one more search of the same kind.
         """
         top = int(indices[0])
         if top < 0:
@@ -185,7 +206,10 @@ class SatelliteBank:
         rows = None if window is None else self.window_rows(window)
         candidates = np.arange(self.count) if rows is None else rows
         n_near = int(np.count_nonzero(~self._far_from(top, candidates, radius)))
-        more_scores, more_indices = self._exact.search(query, n_near + 1, rows=rows)
+        if rows is None:
+            more_scores, more_indices = self._searcher.search(query, n_near + 1)
+        else:
+            more_scores, more_indices = self._exact.search(query, n_near + 1, rows=rows)
         far = self._far_from(top, more_indices[0], radius)
         if not np.any(far):
             return _margin(top, float(scores[0]), -1, float("-inf"))
@@ -200,9 +224,8 @@ class SatelliteBank:
 
     def close(self) -> None:
         """Release search threads and device memory (the memory map closes with the object)."""
-        for searcher in (self._searcher, self._exact):
-            if hasattr(searcher, "close"):
-                searcher.close()
+        for searcher in {id(self._searcher): self._searcher, id(self._exact): self._exact}.values():
+            searcher.close()
 
     def __enter__(self) -> "SatelliteBank":
         return self
@@ -216,6 +239,7 @@ class SatelliteBank:
             "count": self.count,
             "dim": self.dim,
             "device": self.device,
+            "global_search": self._searcher.describe() if hasattr(self._searcher, "describe") else "exact",
             "identity": self.identity.to_dict(),
             "local_frame": self.frame.to_dict(),
             "local_features": None if self.features is None else self.features.describe(),

@@ -1,18 +1,33 @@
-"""Building a bank: embed every tile of a source in batches, in resumable shards.
+"""Building a bank: embed every tile of a source in batches, in resumable shards, on one process
+or on every process torchrun starts.
 
 Candidates are split into shards of `shard_size`. Each finished shard is written atomically as
 `shards/NNNNN.npy` (float16 embeddings of the tiles kept) and then `shards/NNNNN.json` (their
 metadata rows and the .npy hash); the JSON is the completion mark. A re-run with `resume=True`
 checks that the plan (source, model identity, parameters) is unchanged, skips every shard whose
-files are complete, and finally concatenates the shards into the bank and removes them.
+files are complete, and finally concatenates the shards into the bank, adds its search index,
+verifies it and removes the shards.
+
+Under torchrun each rank builds its own shards (`sharding.py`) and rank 0 assembles the bank
+once every shard is marked complete. A shard's embeddings depend only on its tiles, the model and
+the batch size, never on which rank built it, so the bank is byte-identical to a one-process
+build (with SOURCE_DATE_EPOCH set, the manifest's creation time too).
+
+Throughput: a thread pool reads, cuts and preprocesses tiles ahead of inference, in order
+(OpenCV, rasterio and numpy release the GIL, so it runs while the backend computes); batches are
+filled into one reused buffer. bench/bench_bank_build.py compares tiles per second with the
+model's own batch throughput.
 Python 3.8 compatible; tqdm is imported lazily.
 """
 
+import collections
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +41,10 @@ from ..artifacts import (
     sha256_bytes,
     sha256_file,
 )
-from .store import MANIFEST_FILE, read_manifest, write_bank
+from ..preprocess import preprocess_bgr
+from .index import build_index, has_index
+from .sharding import Ranks, wait_for_shards
+from .store import MANIFEST_FILE, read_manifest, verify_bank, write_bank
 from .tiles import records_from_rows
 from .tiling import FileTileSource, OrthophotoTileSource
 
@@ -37,12 +55,65 @@ DEFAULT_SHARD_SIZE = 4096
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What a build did. On ranks other than 0 `count` is -1: rank 0 assembles the bank."""
+
     path: Path
     count: int
     candidates: int
     skipped_invalid: int
     shards_reused: int
     shards_built: int
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class TileLoader:
+    """Loads and preprocesses tiles of a source for a model, `workers` threads ahead of the
+    consumer, in order; `workers=0` loads in the calling thread."""
+
+    def __init__(self, source: Any, spec: Any, workers: int, prefetch: int) -> None:
+        self.source = source
+        self.spec = spec
+        self.prefetch = max(1, int(prefetch))
+        self._pool = ThreadPoolExecutor(int(workers), "bank-load") if workers > 0 else None
+
+    def load(self, index: int) -> Optional[Tuple[np.ndarray, Dict[str, Any]]]:
+        """(preprocessed (3, S, S) float32, tile row), or None for a skipped tile."""
+        loaded = self.source.load(index)
+        if loaded is None:
+            return None
+        return preprocess_bgr(loaded[0], self.spec), loaded[1]
+
+    def iterate(self, indices: Sequence[int]) -> Iterator[Optional[Tuple[np.ndarray, Dict[str, Any]]]]:
+        if self._pool is None:
+            for index in indices:
+                yield self.load(index)
+            return
+        pending = collections.deque()  # type: collections.deque
+        upcoming = iter(indices)
+
+        def submit_next() -> None:
+            index = next(upcoming, None)
+            if index is not None:
+                pending.append(self._pool.submit(self.load, index))
+
+        for _ in range(self.prefetch):
+            submit_next()
+        try:
+            while pending:
+                result = pending.popleft().result()
+                submit_next()
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def build_bank(
@@ -54,12 +125,22 @@ def build_bank(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    index: bool = True,
+    workers: Optional[int] = None,
+    ranks: Optional[Ranks] = None,
 ) -> BuildResult:
     """Embed every tile of `source` (a tile source from `tiling.py`) with `backend` (an
-    `EmbeddingBackend`) and write a bank to `out_dir`. `overwrite` replaces a bank or unfinished
-    build already there (the old bank stays usable until the new one is written)."""
+    `EmbeddingBackend`) and write a bank, with its search index unless `index` is False, to
+    `out_dir`. `overwrite` replaces a bank or unfinished build already there (the old bank stays
+    usable until the new one is written). `workers` threads (default `default_workers()`, 0 =
+    none) load tiles ahead of inference. `ranks` (default: from torchrun's environment) splits the
+    shards between processes.
+    """
     if batch < 1 or shard_size < 1:
         raise MeanlocError("--batch and the shard size must be >= 1")
+    ranks = Ranks.from_environment() if ranks is None else ranks
+    # A torchrun restart after a failure continues the build its group started.
+    resume = resume or ranks.restart_count > 0
     out_dir = ensure_writable_dir(out_dir)
     plan = {
         "source": source.describe(),
@@ -67,24 +148,37 @@ def build_bank(
         "shard_size": int(shard_size),
     }
     plan_sha = sha256_bytes(json.dumps(plan, sort_keys=True).encode("utf-8"))
-    finished = None if overwrite else _finished_bank(out_dir, plan_sha, resume)
+    if overwrite and ranks.distributed:
+        # Rank 0 would remove the shards the other ranks are writing.
+        raise MeanlocError("--overwrite cannot be used under torchrun; remove {} first, or build into another "
+                           "--out".format(out_dir))
+    finished = None if overwrite else _finished_bank(out_dir, plan_sha, resume, index and ranks.is_main)
     if finished is not None:
         return finished
     if overwrite and not resume and (out_dir / SHARDS_DIR).exists():
         shutil.rmtree(str(out_dir / SHARDS_DIR))
-    shard_dir = _prepare_shards(out_dir, plan, plan_sha, resume)
+    shard_dir = _prepare_shards(out_dir, plan, plan_sha, resume, ranks)
     n_shards = (len(source) + shard_size - 1) // shard_size
+    own = ranks.own_shards(n_shards)
     reused = 0
+    loader = TileLoader(source, backend.identity.preprocess, default_workers() if workers is None else workers, 2 * batch)
     from tqdm import tqdm
 
-    with tqdm(total=len(source), unit="tile", desc="bank", disable=not progress) as bar:
-        for shard in range(n_shards):
-            start, stop = shard * shard_size, min((shard + 1) * shard_size, len(source))
-            if _shard_complete(shard_dir, shard, plan_sha):
-                reused += 1
-                bar.update(stop - start)
-            else:
-                _build_shard(source, backend, shard_dir, shard, start, stop, batch, plan_sha, bar)
+    own_tiles = sum(min((shard + 1) * shard_size, len(source)) - shard * shard_size for shard in own)
+    try:
+        with tqdm(total=own_tiles, unit="tile", desc=_bar_label(ranks), disable=not progress) as bar:
+            for shard in own:
+                start, stop = shard * shard_size, min((shard + 1) * shard_size, len(source))
+                if _shard_complete(shard_dir, shard, plan_sha):
+                    reused += 1
+                    bar.update(stop - start)
+                else:
+                    _build_shard(loader, backend, shard_dir, shard, start, stop, batch, plan_sha, bar)
+    finally:
+        loader.close()
+    if not ranks.is_main:
+        return BuildResult(out_dir, -1, len(source), -1, reused, len(own) - reused)
+    wait_for_shards(range(n_shards), lambda shard: _shard_complete(shard_dir, shard, plan_sha))
     embeddings, rows = _collect_shards(shard_dir, n_shards)
     kept = len(rows)
     sources = _unique_sources(rows)
@@ -99,15 +193,32 @@ def build_bank(
     )
     write_bank(out_dir, embeddings, records, sources, backend.identity, build_info)
     del embeddings  # release the shard memmaps before removing their files
+    if index:
+        build_index(out_dir)
+    problems = verify_bank(out_dir)
+    if problems:
+        raise MeanlocError(
+            "the bank written to {} fails verification ({}); its shards are kept in {}".format(
+                out_dir, "; ".join(problems), shard_dir
+            )
+        )
     shutil.rmtree(str(shard_dir))
-    return BuildResult(out_dir, kept, len(source), len(source) - kept, reused, n_shards - reused)
+    return BuildResult(out_dir, kept, len(source), len(source) - kept, reused, len(own) - reused)
 
 
-def _finished_bank(out_dir: Path, plan_sha: str, resume: bool) -> Optional[BuildResult]:
+def _bar_label(ranks: Ranks) -> str:
+    return "bank" if not ranks.distributed else "bank rank {}/{}".format(ranks.rank, ranks.world_size)
+
+
+def _finished_bank(out_dir: Path, plan_sha: str, resume: bool, index: bool) -> Optional[BuildResult]:
+    """The result of an already finished build of this plan (adding its index if it was
+    interrupted before), or None when there is none."""
     if not (out_dir / MANIFEST_FILE).exists():
         return None
     manifest = read_manifest(out_dir)
     if resume and manifest.get("build", {}).get("plan_sha256") == plan_sha:
+        if index and not has_index(manifest):
+            build_index(out_dir)
         build = manifest["build"]
         return BuildResult(
             out_dir, int(manifest["count"]), int(build["candidates"]), int(build["skipped_invalid"]), 0, 0
@@ -119,9 +230,13 @@ def _finished_bank(out_dir: Path, plan_sha: str, resume: bool) -> Optional[Build
     )
 
 
-def _prepare_shards(out_dir: Path, plan: Dict[str, Any], plan_sha: str, resume: bool) -> Path:
+def _prepare_shards(out_dir: Path, plan: Dict[str, Any], plan_sha: str, resume: bool, ranks: Ranks) -> Path:
+    """Rank 0 checks or creates the shard folder and its plan; the other ranks wait for it."""
     shard_dir = out_dir / SHARDS_DIR
     plan_path = shard_dir / PLAN_FILE
+    if not ranks.is_main:
+        wait_for_shards([0], lambda _: _plan_matches(plan_path, plan_sha), what="build plan")
+        return shard_dir
     if plan_path.exists():
         if not resume:
             raise MeanlocError(
@@ -144,6 +259,10 @@ def _prepare_shards(out_dir: Path, plan: Dict[str, Any], plan_sha: str, resume: 
     return shard_dir
 
 
+def _plan_matches(plan_path: Path, plan_sha: str) -> bool:
+    return plan_path.exists() and read_json(plan_path, "build plan").get("plan_sha256") == plan_sha
+
+
 def _shard_paths(shard_dir: Path, shard: int) -> Tuple[Path, Path]:
     stem = "{:05d}".format(shard)
     return shard_dir / (stem + ".npy"), shard_dir / (stem + ".json")
@@ -158,7 +277,7 @@ def _shard_complete(shard_dir: Path, shard: int, plan_sha: str) -> bool:
 
 
 def _build_shard(
-    source: Any,
+    loader: TileLoader,
     backend: Any,
     shard_dir: Path,
     shard: int,
@@ -170,16 +289,20 @@ def _build_shard(
 ) -> None:
     rows = []  # type: List[Dict[str, Any]]
     parts = []  # type: List[np.ndarray]
-    images = []  # type: List[np.ndarray]
-    for index in range(start, stop):
-        loaded = source.load(index)
+    size = backend.identity.preprocess.size
+    images = np.empty((min(batch, stop - start), 3, size, size), dtype=np.float32)
+    filled = 0
+    for loaded in loader.iterate(range(start, stop)):
         if loaded is not None:
-            images.append(loaded[0])
+            images[filled] = loaded[0]
             rows.append(loaded[1])
-        if len(images) == batch or (index == stop - 1 and images):
-            parts.append(_embed(backend, images, rows[len(rows) - len(images) :]))
-            images = []
+            filled += 1
+        if filled == len(images):
+            parts.append(_embed(backend, images[:filled], rows[len(rows) - filled :]))
+            filled = 0
         bar.update(1)
+    if filled:
+        parts.append(_embed(backend, images[:filled], rows[len(rows) - filled :]))
     embeddings = (
         np.concatenate(parts) if parts else np.zeros((0, backend.identity.embed_dim), dtype=np.float16)
     )
@@ -200,8 +323,9 @@ def _build_shard(
     )
 
 
-def _embed(backend: Any, images: Sequence[np.ndarray], rows: Sequence[Dict[str, Any]]) -> np.ndarray:
-    embeddings = np.asarray(backend.embed_images(list(images)), dtype=np.float32)
+def _embed(backend: Any, images: np.ndarray, rows: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """Embed a preprocessed batch; float16 rows, refusing non-finite output."""
+    embeddings = np.asarray(backend.embed(images), dtype=np.float32)
     if embeddings.shape != (len(images), backend.identity.embed_dim):
         raise MeanlocError(
             "backend returned embeddings of shape {} for {} tiles".format(embeddings.shape, len(images))

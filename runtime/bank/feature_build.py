@@ -26,7 +26,6 @@ from ..artifacts import (
     ensure_writable_dir,
     read_json,
     sha256_bytes,
-    sha256_file,
 )
 from ..features.extract import FeatureSpec, LocalFeatures, make_extractor, strongest_per_cell
 from ..geo.orthophoto import Orthophoto, area_resample
@@ -44,7 +43,7 @@ from .feature_layer import (
     has_layer,
 )
 from .frame import LocalFrame
-from .store import MANIFEST_FILE, manifest_frame, read_manifest
+from .store import MANIFEST_FILE, manifest_frame, read_manifest, set_manifest_section
 
 SHARDS_DIR = "feature-shards"
 PLAN_FILE = "plan.json"
@@ -263,10 +262,7 @@ def write_layer(bank_dir: Path, meta: LayerMeta, parts: PartsFactory) -> LayerMe
 
 def _register(bank_dir: Path, meta: LayerMeta, plan_sha: Optional[str]) -> None:
     """Add the layer's description and file hashes to the bank manifest (atomic rewrite)."""
-    manifest = read_manifest(bank_dir)
-    manifest["files"] = dict(manifest["files"], **{name: {"sha256": sha256_file(bank_dir / name)} for name in LAYER_FILES})
-    manifest[MANIFEST_KEY] = dict(meta.to_dict(), plan_sha256=plan_sha)
-    atomic_write_json(bank_dir / MANIFEST_FILE, manifest)
+    set_manifest_section(bank_dir, MANIFEST_KEY, dict(meta.to_dict(), plan_sha256=plan_sha), LAYER_FILES)
 
 
 def unmergeable_reason(manifests: Sequence[Mapping[str, Any]]) -> Optional[str]:

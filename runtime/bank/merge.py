@@ -13,6 +13,7 @@ import numpy as np
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 
 from .feature_build import merge_feature_layers, unmergeable_reason
+from .index import build_index
 from .store import (
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
@@ -26,8 +27,9 @@ from .store import (
 from .tiles import concatenate_records
 
 
-def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
-    """Merge `bank_dirs` (in order) into `out_dir`; returns the new manifest."""
+def merge_banks(bank_dirs: Sequence[Path], out_dir: Path, index: bool = True) -> Dict[str, Any]:
+    """Merge `bank_dirs` (in order) into `out_dir` (with a fresh search index unless `index` is
+    False); returns the new manifest."""
     if len(bank_dirs) < 2:
         raise MeanlocError("merge needs at least two banks")
     bank_dirs = [Path(d) for d in bank_dirs]
@@ -79,7 +81,7 @@ def merge_banks(bank_dirs: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
     if unmergeable is None:
         merge_feature_layers(bank_dirs, manifests, out_dir)
         manifest = read_manifest(out_dir)
-    return manifest
+    return build_index(out_dir) if index else manifest
 
 
 def _source_slot(sources: list, source: Dict[str, str]) -> int:

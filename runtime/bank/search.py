@@ -5,8 +5,9 @@ block of bank rows is therefore converted to float32 and multiplied by BLAS; onl
 ever held in float32 (or, optionally, the whole bank is kept in RAM as float32). A running
 top-k per query is kept with `argpartition` (linear time), and the final k are sorted by
 descending score, equal scores by row index, so results are deterministic. The same code runs
-on CuPy arrays when CuPy and a GPU are present (the bank is uploaded once as float16). FAISS is
-an optional engine meant for banks beyond ~1M tiles.
+on CuPy arrays when CuPy and a GPU are present (the bank is uploaded once as float16). Global
+searches of large banks go through the bank's compressed index instead (`index.py`), which
+re-ranks its candidates with the same scores and ordering.
 Python 3.8 compatible; needs only numpy.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from meanloc.errors import MeanlocError, MissingDependencyError
+from meanloc.errors import MeanlocError
 
 DEFAULT_BLOCK_ROWS = 16384
 # Index returned in slots that had no candidate (k larger than the searched rows).
@@ -26,7 +27,7 @@ NO_INDEX = -1
 PARALLEL_CONVERSION_MIN_ROWS = 2048
 
 
-def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     queries = np.asarray(queries, dtype=np.float32)
     if queries.ndim == 1:
         queries = queries[None, :]
@@ -45,7 +46,7 @@ def _merge_topk(xp: Any, scores: Any, indices: Any, k: int) -> Tuple[Any, Any]:
     return xp.take_along_axis(scores, part, axis=1), xp.take_along_axis(indices, part, axis=1)
 
 
-def _sort_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+def sort_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Sort each row by descending score then ascending index; pad to k with -inf / NO_INDEX.
 
     Scores are cosines of unit vectors, but a bank stores them in float16: the rounded vectors are
@@ -100,7 +101,7 @@ def blocked_topk(
             k,
         )
     host_scores, host_indices = _to_host(xp, best_scores), _to_host(xp, best_indices)
-    return _sort_topk(host_scores, host_indices, k)
+    return sort_topk(host_scores, host_indices, k)
 
 
 def _to_host(xp: Any, array: Any) -> np.ndarray:
@@ -191,7 +192,7 @@ class ExactSearcher:
         """(scores (N, k) float32, indices (N, k) int64), best first; `rows` restricts the search."""
         if k < 1:
             raise MeanlocError("k must be at least 1, got {}".format(k))
-        queries = _as_queries(queries, self.dim)
+        queries = check_queries(queries, self.dim)
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)
         convert = self._convert if self.xp is np and self._searched.dtype != np.float32 else None
@@ -219,42 +220,3 @@ class ExactSearcher:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-
-class FaissSearcher:
-    """FAISS index over the bank, for banks beyond ~1M tiles where brute force gets slow.
-
-    The default factory string "SQfp16" is still exact brute force (float16 storage, like the bank);
-    pass e.g. "HNSW32,SQfp16" or "IVF4096,SQfp16" for an approximate, faster index. Windowed
-    searches do not use FAISS (a window holds few tiles: ExactSearcher serves them).
-    """
-
-    def __init__(
-        self, embeddings: np.ndarray, factory: str = "SQfp16", block_rows: int = DEFAULT_BLOCK_ROWS
-    ) -> None:
-        try:
-            import faiss
-        except ImportError:
-            raise MissingDependencyError(
-                "the faiss search engine needs FAISS: pip install faiss-cpu (or faiss-gpu)"
-            ) from None
-        self.dim = int(embeddings.shape[1])
-        try:
-            self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise MeanlocError(
-                "invalid FAISS index description {!r}: {}".format(factory, str(exc).splitlines()[0])
-            ) from None
-        if not self.index.is_trained:
-            sample = np.asarray(embeddings[:: max(1, embeddings.shape[0] // 100000)], dtype=np.float32)
-            self.index.train(sample)
-        for start in range(0, embeddings.shape[0], block_rows):
-            self.index.add(np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32))
-
-    def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        if k < 1:
-            raise MeanlocError("k must be at least 1, got {}".format(k))
-        queries = _as_queries(queries, self.dim)
-        scores, indices = self.index.search(queries, int(k))
-        scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
-        return _sort_topk(scores, indices.astype(np.int64), int(k))

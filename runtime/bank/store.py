@@ -6,10 +6,13 @@ A bank is a folder:
   manifest.json    kind "bank": model identity, dim, count, local frame, tile sources, build
                    parameters and the sha256 of every array file. Written last: a folder
                    without it is not a bank.
+Derived sections computed from a written bank (the compressed search index, `index.py`) add
+their own files and an entry of the same name to the manifest (`set_manifest_section`).
 Python 3.8 compatible; needs only numpy.
 """
 
 import datetime
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -42,6 +45,7 @@ NORM_TOLERANCE = 0.02
 # on a loaded 2-core EPYC (0.14 s for a 100k-tile 768-d bank); larger banks get the row check only.
 HASH_AUTO_LIMIT_BYTES = 512 << 20
 BANK_CHECKS = ("auto", "full", "fast")
+_BANK_KEYS = ("identity", "dim", "count", "local_frame", "sources", "files")
 
 
 def write_bank(
@@ -90,9 +94,42 @@ def write_bank(
         sources=[{"id": str(s["id"]), "sha256": str(s["sha256"])} for s in sources],
         files={name: {"sha256": sha256_file(out_dir / name)} for name in (EMBEDDINGS_FILE, TILES_FILE)},
         build=dict(build),
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created_utc=_created_utc(),
     )
     atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def _created_utc() -> str:
+    """Now, or SOURCE_DATE_EPOCH when it is set (reproducible-builds.org): builds of the same tiles
+    with the same model, on one process or many, are then identical to the byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    try:
+        when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise MeanlocError("SOURCE_DATE_EPOCH must be seconds since 1970, got {!r}".format(epoch)) from None
+    return when.isoformat(timespec="seconds")
+
+
+def set_manifest_section(
+    bank_dir: Path, name: str, entry: Optional[Mapping[str, Any]], file_names: Sequence[str]
+) -> Dict[str, Any]:
+    """Describe a derived part of a bank (e.g. its search index) in its manifest: `entry` under
+    `name` plus the sha256 of `file_names`; with `entry` None, remove both. Rewrites manifest.json
+    atomically; the embeddings and tile table are untouched. Returns the new manifest."""
+    bank_dir = Path(bank_dir)
+    manifest = read_manifest(bank_dir)
+    if name in _BANK_KEYS:
+        raise MeanlocError("internal: '{}' is not a derived section of a bank".format(name))
+    files = {key: value for key, value in manifest["files"].items() if key not in file_names}
+    manifest.pop(name, None)
+    if entry is not None:
+        manifest[name] = dict(entry)
+        files.update({file_name: {"sha256": sha256_file(bank_dir / file_name)} for file_name in file_names})
+    manifest["files"] = files
+    atomic_write_json(bank_dir / MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -107,7 +144,7 @@ def read_manifest(bank_dir: Path) -> Dict[str, Any]:
         )
     manifest = read_json(path, "bank manifest")
     check_manifest_kind(manifest, BANK_KIND, str(path))
-    for key in ("identity", "dim", "count", "local_frame", "sources", "files"):
+    for key in _BANK_KEYS:
         if key not in manifest:
             raise MeanlocError("bank manifest {} lacks '{}'".format(path, key))
     return manifest
@@ -238,4 +275,6 @@ def verify_bank(bank_dir: Path) -> List[str]:
         problems.append("{} has tile centres outside valid lat/lon".format(TILES_FILE))
     if has_layer(manifest):
         problems.extend(verify_layer(bank_dir, manifest))
-    return problems
+    from .index import verify_index  # index.py builds on this module
+
+    return problems + verify_index(bank_dir, manifest, embeddings)

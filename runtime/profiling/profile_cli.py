@@ -57,8 +57,6 @@ def _fine_stage_timer(layer: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     import numpy as np
 
     from meanloc.errors import MeanlocError
@@ -67,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backends import open_backend
     from ..bank.search import ExactSearcher
     from ..localize.kalman import ConstantVelocityKalman
-    from .profiler import ProfileTarget, profile
+    from .profiler import TIMED_WINDOWS, ProfileTarget, profile
     from .report import REPORT_JSON, markdown_table, write_report
     from .tegrastats import JtopSampler, TegrastatsSampler, energy_per_inference_mj, read_power_mode
 
@@ -132,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
     power_mode = read_power_mode()
     if sampler.available and not args.no_telemetry:
         sampler.start()
-    started = time.monotonic()
     try:
         report = profile(targets, batch_sizes, warmup=args.warmup,
                          iterations=None if args.duration else args.iterations, duration_s=args.duration,
@@ -141,14 +138,17 @@ def run(args: argparse.Namespace) -> int:
         samples = sampler.stop() if sampler.available and not args.no_telemetry else []
         for target in targets:
             target.backend.close()
-    wall = time.monotonic() - started
-    inferences = sum(r["iterations"] * r["batch_size"] for r in report["results"])
+    for result in report["results"]:
+        windows = result.pop(TIMED_WINDOWS)
+        inferences = result["iterations"] * result["batch_size"]
+        result["energy"] = energy_per_inference_mj(samples, windows, inferences) if samples else None
     report["telemetry"] = {
         "power_mode": power_mode,
         "sampler": type(sampler).__name__,
         "samples": len(samples),
-        "energy": energy_per_inference_mj(samples, wall, inferences) if samples else None,
-        "note": "energy = mean module power x wall time / inferences over the whole run (idle not subtracted)",
+        "note": "energy per result = mean module power over the samples taken during that target's timed "
+        "iterations x their total time / inferences (warm-up, other targets and setup excluded; idle not "
+        "subtracted)",
     }
     report["notes"] = notes + [
         "profiler overhead = cost of its own clock reads per iteration, reported per target",

@@ -4,13 +4,15 @@ Stages per iteration: decode (JPEG bytes -> BGR), preprocess, H2D / inference / 
 the backend's CUDA events where it has them, else one "inference" stage), bank search, the fine
 stage's own stages where the bank has local features (detect, match, fit: `runtime.fine`) and
 filter. CPU stages are timed with `perf_counter_ns`. In compare mode the targets run
-interleaved, one iteration each per round, so clock or thermal drift affects all alike.
+interleaved, one iteration each per round, so clock or thermal drift affects all alike. Each
+target's timed iterations are also kept as `time.monotonic()` windows, the clock power samples are
+stamped with, so its energy counts only its own timed work (`tegrastats.energy_per_inference_mj`).
 Python 3.8 compatible; never imports torch.
 """
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,6 +28,8 @@ from .stats import LatencyStats
 STAGES = ("decode", "preprocess", "h2d", "inference", "d2h", "search", "refine_detect", "refine_match", "refine_fit",
           "filter")
 DEFAULT_MIN_ITERATIONS = 50
+# Per result: the (start, end) time.monotonic() of each timed iteration; consumed by the energy figure.
+TIMED_WINDOWS = "timed_windows"
 # Profiled frames carry no attitude; the rectification's cost does not depend on it, so any
 # oblique pose inside the synthetic benchmark's range times it fairly.
 PROFILE_ATTITUDE = CameraAttitude(altitude_m=200.0, pitch_deg=40.0, yaw_deg=30.0, hfov_deg=70.0)
@@ -154,11 +158,14 @@ def profile(
             for _ in range(warmup):
                 run_iteration(target.backend, batch_frames, search, filter_step, refine)
         samples: Dict[str, List[Dict[str, float]]] = {t.label: [] for t in targets}
+        windows: Dict[str, List[Tuple[float, float]]] = {t.label: [] for t in targets}
         deadline = time.monotonic() + duration_s if duration_s else None
         done = 0
         while True:
             for target in targets:  # interleaved: drift hits every target alike
+                started = time.monotonic()
                 samples[target.label].append(run_iteration(target.backend, batch_frames, search, filter_step, refine))
+                windows[target.label].append((started, time.monotonic()))
             done += 1
             if progress:
                 progress(1)
@@ -169,7 +176,9 @@ def profile(
                 break
         overhead_s = measure_timer_overhead_s(len(STAGES))
         for target in targets:
-            results.append(_summarise(target, batch_size, samples[target.label], overhead_s))
+            result = _summarise(target, batch_size, samples[target.label], overhead_s)
+            result[TIMED_WINDOWS] = windows[target.label]
+            results.append(result)
     return {"results": results, "stages": list(STAGES), "timer": "time.perf_counter_ns (CPU); CUDA events (GPU)"}
 
 

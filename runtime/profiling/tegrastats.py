@@ -6,16 +6,20 @@ VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0, VDDQ_VDD2_1V8AO), and formats differ betwe
 here hard-codes a rail list. Python 3.8 compatible.
 """
 
+import bisect
 import re
 import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Rails that measure the whole module input; when present, energy uses it alone (no double count).
 TOTAL_POWER_RAILS = ("VDD_IN", "POM_5V_IN")
+# tegrastats (and jtop, which reads the same thermal zones) reports an offline sensor as -256 C
+# (e.g. the AGX Orin GPU zone while the GPU is idle: rbonghi/jetson_stats#350, #800).
+OFFLINE_SENSOR_C = -256.0
 
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]+)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?:/(\d+)(?:mW)?)?")
 _TEMP = re.compile(r"\b([A-Za-z0-9_]+)@(-?\d+(?:\.\d+)?)C\b")
@@ -54,7 +58,8 @@ def parse_tegrastats_line(line: str, time_s: float = 0.0) -> TegrastatsSample:
             continue
         sample.rails_mw[name] = float(current)
     for name, value in _TEMP.findall(line):
-        if not name.isdigit():  # "100%@1728" is a CPU core, not a temperature
+        # "100%@1728" is a CPU core, not a temperature; -256 C is a sensor that is off.
+        if not name.isdigit() and float(value) > OFFLINE_SENSOR_C:
             sample.temperatures_c[name] = float(value)
     ram = _RAM.search(line)
     if ram:
@@ -73,23 +78,35 @@ def parse_tegrastats_line(line: str, time_s: float = 0.0) -> TegrastatsSample:
     return sample
 
 
-def energy_per_inference_mj(samples: List[TegrastatsSample], wall_time_s: float, inferences: int) -> Dict[str, object]:
-    """Energy/inference [mJ] = mean module power [W] x wall time [ms] / inferences (doc §8)."""
+def energy_per_inference_mj(
+    samples: List[TegrastatsSample], windows: Sequence[Tuple[float, float]], inferences: int
+) -> Dict[str, object]:
+    """Energy/inference [mJ] = mean module power [W] x timed time [ms] / inferences (deployment.md §8).
+
+    Only what one target's timed iterations cost: `windows` are their (start, end) on
+    `time.monotonic()`, the clock samples are stamped with, and only samples taken inside them count.
+    Warm-up, frame encoding, the timer-overhead loop and, in compare mode, the other targets' turns
+    stay out (interleaved targets each get the samples that fell in their own iterations).
+    """
+    ordered = sorted((float(start), float(end)) for start, end in windows)
+    starts = [start for start, _ in ordered]
+    timed_s = sum(end - start for start, end in ordered)
     powers = []
     source = "no power rails"
     for sample in samples:
+        index = bisect.bisect_right(starts, sample.time_s) - 1
+        if index < 0 or sample.time_s > ordered[index][1]:
+            continue
         power, source = sample.total_power_mw()
         if power is not None:
             powers.append(power)
+    result = {"power_source": source, "samples": len(powers), "timed_s": timed_s, "inferences": inferences}
     if not powers or inferences <= 0:
-        return {"mean_power_mw": None, "energy_per_inference_mj": None, "power_source": source}
+        result.update(mean_power_mw=None, energy_per_inference_mj=None)
+        return result
     mean_mw = sum(powers) / len(powers)
-    return {
-        "mean_power_mw": mean_mw,
-        "energy_per_inference_mj": mean_mw / 1e3 * wall_time_s * 1e3 / inferences,
-        "power_source": source,
-        "samples": len(powers),
-    }
+    result.update(mean_power_mw=mean_mw, energy_per_inference_mj=mean_mw * timed_s / inferences)
+    return result
 
 
 class TegrastatsSampler:
@@ -109,8 +126,14 @@ class TegrastatsSampler:
     def start(self) -> None:
         if not self.available:
             return
+        command = [str(self.executable), "--interval", str(self.interval_ms)]
+        # Piped, C stdio buffers tegrastats' output in blocks, so lines would arrive (and be stamped)
+        # in bursts; stdbuf makes it line-buffered where coreutils has it.
+        stdbuf = shutil.which("stdbuf")
+        if stdbuf:
+            command = [stdbuf, "-oL"] + command
         self._process = subprocess.Popen(
-            [str(self.executable), "--interval", str(self.interval_ms)],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             universal_newlines=True,
@@ -171,7 +194,8 @@ def jtop_sample(power: Dict[str, Any], temperature: Dict[str, Any], time_s: floa
         if isinstance(rail, dict) and "power" in rail:
             sample.rails_mw[name] = float(rail["power"])
     for name, sensor in (temperature or {}).items():
-        if isinstance(sensor, dict) and sensor.get("online", True) and "temp" in sensor:
+        online = isinstance(sensor, dict) and sensor.get("online", True) and "temp" in sensor
+        if online and float(sensor["temp"]) > OFFLINE_SENSOR_C:
             sample.temperatures_c[name] = float(sensor["temp"])
     return sample
 

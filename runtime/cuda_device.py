@@ -1,4 +1,9 @@
-"""Pinned host buffers, device buffers, streams, copies and events for the TensorRT backend.
+"""CUDA for meanloc: the GPU probe, and pinned host buffers, device buffers, streams, copies and events.
+
+The one CUDA layer of the project: the TensorRT backend and the device calibrator allocate through
+it, and the engine builder and the backend both identify the GPU through `probe_gpu()`, so an engine
+sidecar and the machine it is checked on are described by the same CUDA call (nvidia-smi, the
+doctor's fallback, may be missing on a Jetson and reports NVML's device name, not CUDA's).
 
 Two interchangeable implementations of one small interface:
 - `PycudaMemory`: pycuda, made current with `pycuda.autoprimaryctx` (NVIDIA's TRT 8.5 samples
@@ -7,17 +12,18 @@ Two interchangeable implementations of one small interface:
   (pycuda builds from source and needs nvcc). Every call returns `(err, *results)`, and
   `_check` turns a non-success code into a one-line error.
 
-`open_cuda_memory()` picks pycuda first, then cuda-python (deployment.md §4). Device pointers
-are plain ints, as `IExecutionContext.set_tensor_address` wants them. Everything allocated is
-freed by `close()`. Never imports torch. Python 3.8 compatible.
+`open_cuda_memory()` picks pycuda first, then cuda-python (deployment.md §4); `probe_gpu()` asks
+the same bindings in the same order. Device pointers are plain ints, as
+`IExecutionContext.set_tensor_address` wants them. Everything allocated is freed by `close()`.
+Never imports torch. Python 3.8 compatible.
 """
 
 import ctypes
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 INSTALL_HINT = (
     "install pycuda (pip install pycuda; needs nvcc and the CUDA headers) or cuda-python "
@@ -131,7 +137,7 @@ class CudaPythonMemory(CudaMemory):
     def __init__(self, cudart: Any = None) -> None:
         self._rt = cudart if cudart is not None else import_cudart()
         if self._rt is None:
-            raise MeanlocError("cuda-python is not installed; " + INSTALL_HINT)
+            raise MissingDependencyError("cuda-python is not installed; " + INSTALL_HINT)
         self._pinned = []  # type: List[int]
         self._device = []  # type: List[int]
         self._streams = []  # type: List[Any]
@@ -252,4 +258,83 @@ def open_cuda_memory(prefer: Optional[str] = None) -> CudaMemory:
     for cls in order:
         if cls.name in available:
             return cls()
-    raise MeanlocError("the TensorRT backend needs a CUDA binding; " + INSTALL_HINT)
+    raise MissingDependencyError("the TensorRT backend needs a CUDA binding; " + INSTALL_HINT)
+
+
+# --- the GPU probe -----------------------------------------------------------------------------------
+
+GPU_NAME = "gpu_name"
+COMPUTE_CAPABILITY = "compute_capability"
+CUDA_RUNTIME_VERSION = "cuda_runtime_version"
+CUDA_DRIVER_VERSION = "cuda_driver_version"
+
+
+def format_cuda_version(value: int) -> str:
+    """CUDA encodes versions as 1000*major + 10*minor (12060 -> '12.6')."""
+    return "{}.{}".format(value // 1000, (value % 1000) // 10)
+
+
+def probe_gpu() -> Optional[Dict[str, Any]]:
+    """Device 0 as CUDA names it, through the first binding that answers; None without one or a GPU.
+
+    Keys: gpu_name, compute_capability ('8.7'), cuda_runtime_version, cuda_driver_version, gpu_probe.
+    A half-installed CUDA stack counts as no answer, never as an exception.
+    """
+    for probe in (_probe_pycuda, _probe_cuda_python):
+        try:
+            found = probe()
+        except Exception:
+            found = None
+        if found:
+            return found
+    return None
+
+
+def _probe_pycuda() -> Optional[Dict[str, Any]]:
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return None
+    cuda.init()
+    if cuda.Device.count() < 1:
+        return None
+    device = cuda.Device(0)
+    major, minor = device.compute_capability()
+    return {
+        GPU_NAME: str(device.name()).strip(),
+        COMPUTE_CAPABILITY: "{}.{}".format(major, minor),
+        # pycuda reports the toolkit it was built with, which is what it runs against.
+        CUDA_RUNTIME_VERSION: ".".join(str(part) for part in cuda.get_version()[:2]),
+        CUDA_DRIVER_VERSION: format_cuda_version(cuda.get_driver_version()),
+        "gpu_probe": PycudaMemory.name,
+    }
+
+
+def _probe_cuda_python() -> Optional[Dict[str, Any]]:
+    cudart = import_cudart()
+    if cudart is None:
+        return None
+    success = cudart.cudaError_t.cudaSuccess
+    err, count = cudart.cudaGetDeviceCount()
+    if err != success or count < 1:
+        return None
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if err != success:
+        return None
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.split(b"\x00", 1)[0].decode("utf-8", "replace")
+    info = {
+        GPU_NAME: str(name).strip(),
+        COMPUTE_CAPABILITY: "{}.{}".format(props.major, props.minor),
+        CUDA_RUNTIME_VERSION: None,
+        CUDA_DRIVER_VERSION: None,
+        "gpu_probe": CudaPythonMemory.name,
+    }  # type: Dict[str, Any]
+    err, runtime_version = cudart.cudaRuntimeGetVersion()
+    if err == success:
+        info[CUDA_RUNTIME_VERSION] = format_cuda_version(runtime_version)
+    err, driver_version = cudart.cudaDriverGetVersion()
+    if err == success:
+        info[CUDA_DRIVER_VERSION] = format_cuda_version(driver_version)
+    return info
