@@ -20,6 +20,7 @@ from meanloc.export.onnx_export import export_onnx
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.bank import OrthophotoTileSource, build_bank
 from meanloc.runtime.bank.build import SHARDS_DIR
+from meanloc.runtime.bank.feature_build import SHARDS_DIR as FEATURE_SHARDS_DIR
 from meanloc.runtime.bank.sharding import Ranks
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.training.checkpoint import save_checkpoint
@@ -66,7 +67,8 @@ def _run(argv, distributed=False):
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every file of a bank folder (its local-feature layer in `features/` too), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +83,10 @@ def test_two_ranks_build_the_same_bank_to_the_byte(assets, single, tmp_path):
     stdout = _run(_build_command(assets, out), distributed=True)
     assert "rank 1/2: shards built" in stdout and "rank 1/2: shards built 0" not in stdout
     expected = _files(single)
-    assert set(expected) == {"embeddings.npy", "tiles.npy", "index_codes.npy", "index_centre.npy", "manifest.json"}
-    assert _files(out) == expected
-    assert not (out / SHARDS_DIR).exists()
+    assert set(expected) == {"embeddings.npy", "tiles.npy", "index_codes.npy", "index_centre.npy", "manifest.json",
+                             "features/keypoints.npy", "features/descriptors.npy", "features/cells.npy"}
+    assert _files(out) == expected  # the local features were extracted by both ranks, row by row
+    assert not (out / SHARDS_DIR).exists() and not (out / FEATURE_SHARDS_DIR).exists()
 
 
 def test_a_build_interrupted_in_one_process_is_finished_by_two(assets, single, tmp_path):

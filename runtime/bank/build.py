@@ -390,7 +390,7 @@ def build_bank_from_orthophoto(
 
         build_feature_layer(Path(out_dir), ortho, local_features, resume=build_options.get("resume", False),
                             progress=build_options.get("progress", True),
-                            overwrite=build_options.get("overwrite", False))
+                            overwrite=build_options.get("overwrite", False), ranks=build_options.get("ranks"))
     return result
 
 

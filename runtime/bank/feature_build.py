@@ -43,6 +43,7 @@ from .feature_layer import (
     has_layer,
 )
 from .frame import LocalFrame
+from .sharding import Ranks, wait_for_shards
 from .store import MANIFEST_FILE, manifest_frame, read_manifest, set_manifest_section
 
 SHARDS_DIR = "feature-shards"
@@ -70,12 +71,17 @@ class LayerParams:
 
 
 def build_feature_layer(bank_dir: Path, ortho: Orthophoto, params: LayerParams, resume: bool = False,
-                        progress: bool = True, overwrite: bool = False) -> LayerMeta:
+                        progress: bool = True, overwrite: bool = False,
+                        ranks: Optional[Ranks] = None) -> Optional[LayerMeta]:
     """Extract the layer for the bank in `bank_dir` (built from `ortho`) and register it in its
     manifest. A layer built with the same plan is reused; `overwrite` replaces a different one
-    (or an unfinished build of one)."""
+    (or an unfinished build of one). Under torchrun (`ranks`, default from the environment) every
+    rank extracts its rows of blocks and rank 0 assembles them; the other ranks return None."""
     params.validate()
     bank_dir = Path(bank_dir)
+    ranks = Ranks.from_environment() if ranks is None else ranks
+    if not ranks.is_main:  # rank 0 writes the bank the layer is expressed in
+        wait_for_shards([0], lambda _: (bank_dir / MANIFEST_FILE).exists(), what="bank manifest")
     manifest = read_manifest(bank_dir)
     source = (Path(str(ortho.source)).name or "orthophoto", str(ortho.source_sha256))
     if source not in {(str(s["id"]), str(s["sha256"])) for s in manifest["sources"]}:
@@ -93,21 +99,27 @@ def build_feature_layer(bank_dir: Path, ortho: Orthophoto, params: LayerParams, 
     if has_layer(manifest) and not overwrite:
         raise MeanlocError("{} already has a local feature layer built differently; pass --overwrite to replace "
                            "it".format(bank_dir))
+    if overwrite and ranks.distributed:
+        raise MeanlocError("--overwrite cannot be used under torchrun; remove {} first".format(bank_dir / SHARDS_DIR))
     if overwrite and not resume and (bank_dir / SHARDS_DIR).exists():
         shutil.rmtree(str(bank_dir / SHARDS_DIR))
-    shard_dir = _prepare_shards(bank_dir, plan, plan_sha, resume)
+    shard_dir = _prepare_shards(bank_dir, plan, plan_sha, resume, ranks)
     extractor = make_extractor(params.spec)
     block_rows = (grid.ny + params.block_cells - 1) // params.block_cells
+    rows = [shard_dir / "row_{:05d}.npz".format(r) for r in range(block_rows)]
     from tqdm import tqdm
 
-    with tqdm(total=block_rows, unit="row", desc="local features", disable=not progress) as bar:
-        for block_row in range(block_rows):
-            path = shard_dir / "row_{:05d}.npz".format(block_row)
-            if not path.exists():
-                _write_shard(path, _extract_block_row(ortho, frame, grid, gsd, params, extractor, block_row))
+    own = ranks.own_shards(block_rows)
+    with tqdm(total=len(own), unit="row", desc="local features", disable=not progress) as bar:
+        for block_row in own:
+            if not rows[block_row].exists():
+                _write_shard(rows[block_row], _extract_block_row(ortho, frame, grid, gsd, params, extractor, block_row))
             bar.update(1)
+    if not ranks.is_main:
+        return None
+    wait_for_shards(range(block_rows), lambda r: rows[r].exists(), what="local feature rows")
     meta = LayerMeta(params.spec, gsd, params.per_cell, grid, 0, extractor.descriptor_size, (source,))
-    meta = _assemble(bank_dir, meta, [shard_dir / "row_{:05d}.npz".format(r) for r in range(block_rows)])
+    meta = _assemble(bank_dir, meta, rows)
     _register(bank_dir, meta, plan_sha)
     shutil.rmtree(str(shard_dir))
     return meta
@@ -193,9 +205,14 @@ def _extract_block(ortho: Orthophoto, frame: LocalFrame, gsd: float, extractor: 
     return xy, features.size * gsd, features
 
 
-def _prepare_shards(bank_dir: Path, plan: Mapping[str, Any], plan_sha: str, resume: bool) -> Path:
+def _prepare_shards(bank_dir: Path, plan: Mapping[str, Any], plan_sha: str, resume: bool, ranks: Ranks) -> Path:
+    """Rank 0 checks or creates the shard folder and its plan; the other ranks wait for it."""
     shard_dir = bank_dir / SHARDS_DIR
     plan_path = shard_dir / PLAN_FILE
+    if not ranks.is_main:
+        wait_for_shards([0], lambda _: plan_path.exists() and read_json(plan_path, "feature build plan").get(
+            "plan_sha256") == plan_sha, what="local feature plan")
+        return shard_dir
     if plan_path.exists():
         if read_json(plan_path, "feature build plan").get("plan_sha256") != plan_sha:
             raise MeanlocError("cannot resume the local features of {}: the unfinished build used other parameters; "
