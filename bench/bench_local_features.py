@@ -16,12 +16,15 @@ else, the loop's own timers, ratios in one run). The default of `meanloc bank bu
 --local-features` is the most accurate kind among those that add at most 30 % on the demo's
 flight: the highest share within 25 m on its worse flight, then the most verified frames.
 
-Usage: python bench/bench_local_features.py --data meanloc-demo/data [--frames 100] [--kinds sift,rootsift,orb,akaze]
+Usage: python bench/bench_local_features.py [--data DATA] [--frames 100] [--kinds sift,rootsift,orb,akaze]
+(without --data it generates the demo's cross-source world first, ~1-2 min)
 """
 
 import argparse
+import contextlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ import cv2
 import numpy as np
 from common import machine_description, random_onnx
 
+from meanloc.cli import main as meanloc
 from meanloc.demo import held_out_area
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
@@ -85,12 +89,22 @@ FLIGHTS = (  # label, held-out area only, altitude, pitch, seed
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="meanloc-demo/data", help="a cross-source `meanloc data synth` folder")
+    parser.add_argument("--data", default=None, help="a cross-source `meanloc data synth` folder (default: generate "
+                        "the demo's)")
     parser.add_argument("--frames", type=int, default=100, help="frames per flight")
     parser.add_argument("--kinds", default=",".join(FEATURE_KINDS))
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
-    data = Path(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(args.data) if args.data else Path(tmp) / "data"
+        if not args.data:
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is this bench's table
+                if meanloc(["data", "synth", "--preset", "demo", "--seed", "0", "--out", str(data)]) != 0:
+                    raise SystemExit("generating the demo world failed")
+        return measure(args, data)
+
+
+def measure(args: argparse.Namespace, data: Path) -> int:
     if not json.loads((data / "dataset.json").read_text()).get("cross_source"):
         raise SystemExit(f"{data} renders drone views from the satellite date; generate it without --same-source")
     satellite, drone = data / "world" / "satellite.tif", data / "world" / "drone.tif"

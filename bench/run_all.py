@@ -29,6 +29,8 @@ BENCHMARKS = [
     ("bench_train_throughput.py", [], []),
     ("bench_query_view.py", [], ["--minutes", "2"]),
     ("bench_photographic.py", [], ["--steps", "300", "--ssl-steps", "100"]),
+    ("bench_local_features.py", [], ["--frames", "40", "--kinds", "sift,akaze"]),
+    # bench_fine_localization.py needs a finished `meanloc demo` folder: run it by hand (its docstring).
     # bench_sensor_noise.py needs trained pose-aware checkpoints: run it by hand (its docstring).
 ]
 
