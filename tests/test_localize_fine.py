@@ -3,6 +3,7 @@ embedding is useless, verified fixes reach the filter with their covariance, a m
 re-initialised by a verified fit, and `meanloc profile` times the fine stage."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,15 +57,18 @@ def town(tmp_path_factory):
     return {"folder": folder, "date1": date1, "date2": date2, "bank": bank}
 
 
-def fly(town, backend, refine: str = "auto", frames: int = FRAMES, misled_to=None):
+def fly(town, backend, refine: str = "auto", frames: int = FRAMES, misled_to=None, sensor=None, source_out=None):
     records = Records()
     config = LoopConfig(estimator=EstimatorConfig(method="weighted"), window=WindowConfig(radius_m=300.0),
                         refine=RefineConfig(mode=refine))
     loop = LocalizationLoop(backend, town["bank"], config, [records])
     if misled_to is not None:  # a state no verified fit confirmed, as wrong retrieval fixes would leave
         loop.filter.reset(misled_to, 0.0, 20.0)
-    source = SyntheticFlightSource(str(town["date2"]), SyntheticFlightOptions(
-        frames=frames, altitude_m=200.0, pitch_deg=40.0, pattern="straight", speed_mps=12.0, seed=1))  # across the town
+    options = SyntheticFlightOptions(frames=frames, altitude_m=200.0, pitch_deg=40.0, pattern="straight",
+                                     speed_mps=12.0, seed=1)  # across the town
+    source = SyntheticFlightSource(str(town["date2"]), options if sensor is None else replace(options, sensor=sensor))
+    if source_out is not None:
+        source_out.append(source)
     return loop.run(source, max_frames=frames), records.rows
 
 
@@ -104,6 +108,24 @@ def test_a_verified_fit_reinitialises_a_filter_that_retrieval_misled(town):
     assert records[first]["mahalanobis2"] > 100  # far outside the gate
     assert all(r["filt_error_m"] > 100 for r in records[:first])
     assert np.median([r["filt_error_m"] for r in records[first:]]) < 5.0
+
+
+def test_verified_fits_measure_a_cheap_compass_heading_error(town):
+    """cheap-imu: the reported heading is off by a 5 deg bias plus 8 deg of wandering error. Each
+    verified fit measures what the reported heading is off by (and the next frames start from it)."""
+    from meanloc.runtime.localize.synthetic import sensor_preset
+
+    useless = ConstantBackend(town["bank"].identity, np.ones(town["bank"].dim))
+    sources = []
+    _, records = fly(town, useless, sensor=sensor_preset("cheap-imu"), source_out=sources)
+    source = sources[0]
+    measured = [(r["heading_error_deg"], source.reported[r["frame"]][0] - source.plan[r["frame"]].heading_deg)
+                for r in records if r["fix_source"] == "geometric"]
+    assert len(measured) >= FRAMES // 3
+    errors = [abs((estimate - truth + 180.0) % 360.0 - 180.0) for estimate, truth in measured]
+    truths = [abs((truth + 180.0) % 360.0 - 180.0) for _, truth in measured]
+    assert np.median(truths) > 3.0  # the compass really is off
+    assert np.median(errors) < 1.5 and max(errors) < 4.0
 
 
 def test_profile_times_the_fine_stage(town, tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 * Similarity (4 DoF) for rectified patches: `cv2.estimateAffinePartial2D` with RANSAC (it takes
   RANSAC/LMEDS only; the USAC flags are refused there, opencv/opencv#19166).
-* Homography for north-up raw frames: `cv2.findHomography` with plain RANSAC. Its USAC flags
+* Homography for north-up raw frames, and for rectified patches whose attitude errors (pitch,
+  roll, height) leave a perspective the similarity cannot absorb: `cv2.findHomography` with plain
+  RANSAC. Its USAC flags
   (>= 4.5, PR opencv/opencv#17683) were measured here on cross-date putative matches with ~20 %
   inliers: every USAC variant kept 5-9 inliers where RANSAC found the 22 true ones
   (bench/RESULTS.md, "local features").
@@ -17,7 +19,7 @@ Python 3.8 compatible, torch-free.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -32,8 +34,8 @@ class GeometricFit(NamedTuple):
     look_at: np.ndarray  # (2,) where the query's centre lands, in bank metres
     covariance: np.ndarray  # (2, 2) of `look_at`, m²
     inliers: np.ndarray  # bool mask over the putative matches
-    scale: float  # query-to-bank scale (1 for a perfect rectification); NaN for a homography
-    rotation_deg: float  # counter-clockwise rotation query -> bank; NaN for a homography
+    scale: float  # query-to-bank scale at the query's centre (1 for a perfect rectification); NaN if mirrored
+    rotation_deg: float  # counter-clockwise rotation query -> bank at the centre; NaN if mirrored
     rms_m: float  # residual RMS on the inliers
     spread_m: float  # standard deviation of the inliers' query points along their thinnest axis
 
@@ -112,8 +114,31 @@ def fit_homography(src: np.ndarray, dst: np.ndarray, centre: np.ndarray, thresho
     matrix = matrix / matrix[2, 2]
     look_at = _apply_homography(matrix, centre.reshape(1, 2))[0]
     covariance, rms = _homography_point_covariance(matrix, src[inliers], target[inliers], centre)
+    scale, rotation = _local_similarity(matrix, centre)
     return GeometricFit("homography", matrix, look_at + offset, floor_covariance(covariance, floor_m), inliers,
-                        float("nan"), float("nan"), rms, thinnest_spread(src[inliers]))
+                        scale, rotation, rms, thinnest_spread(src[inliers]))
+
+
+def _local_similarity(matrix: np.ndarray, point: np.ndarray) -> Tuple[float, float]:
+    """(scale, counter-clockwise rotation in degrees) of the similarity closest to the homography
+    at `point`; NaN when it mirrors (frame pixels, whose rows grow south, onto the map)."""
+    x, y = point
+    w = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2]
+    u, v = _apply_homography(matrix, np.array([[x, y]]))[0]
+    jacobian = np.array([[matrix[0, 0] - u * matrix[2, 0], matrix[0, 1] - u * matrix[2, 1]],
+                         [matrix[1, 0] - v * matrix[2, 0], matrix[1, 1] - v * matrix[2, 1]]]) / w
+    if np.linalg.det(jacobian) <= 0:
+        return float("nan"), float("nan")
+    a, b = 0.5 * (jacobian[0, 0] + jacobian[1, 1]), 0.5 * (jacobian[1, 0] - jacobian[0, 1])
+    return math.hypot(a, b), math.degrees(math.atan2(b, a))
+
+
+def perspective_spread(matrix: np.ndarray, reach: float) -> float:
+    """How much the homography's projective scale varies over a square of half-side `reach`
+    around the origin (0 for an affine map)."""
+    corners = np.array([[-reach, -reach], [reach, -reach], [reach, reach], [-reach, reach]])
+    w = corners @ matrix[2, :2] + matrix[2, 2]
+    return float(np.max(np.abs(w / matrix[2, 2] - 1.0)))
 
 
 def _apply_homography(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from meanloc.errors import MeanlocError
 from ..bank.feature_layer import FeatureLayer
 from ..features.extract import make_extractor
 from ..geo.rectify import CameraAttitude
-from .fit import GeometricFit, fit_homography, fit_similarity
+from .fit import GeometricFit, fit_homography, fit_similarity, perspective_spread
 from .matching import VotePeak, knn_matches, ratio_matches, rotate, vote_translation
 from .query import SIMILARITY, QueryFeatures, north_up_query, rectified_query
 
@@ -34,6 +34,8 @@ REFINE_MODES = ("auto", "off")
 FINE_STAGES = ("detect", "match", "fit")
 # Without an attitude the features' ground reach is unknown: gather this far around a region.
 DEFAULT_REACH_M = 400.0
+# A rectified patch's homography may change scale by at most this much across the patch.
+MAX_PERSPECTIVE = 0.3
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,23 @@ class FineStage:
             residual = np.hypot(*(dst - (rotate(src, peak.rotation_deg) + peak.translation)).T)
             keep = one_to_one(matches.query, matches.bank, residual, slack)
             src, dst = src[keep], dst[keep]
-            fit = fit_similarity(src, dst, self.threshold_m, self.floor_m)
+            fit = self._rectified_fit(src, dst, reach)
         else:
             fit = fit_homography(src, dst, query.centre, self.threshold_m, self.floor_m)
         timings["fit"] = clock() - start
-        return self._verdict(fit, peak, len(src), candidates, timings)
+        return self._verdict(fit, peak, len(src), candidates, timings, query.model, reach)
+
+    def _rectified_fit(self, src: np.ndarray, dst: np.ndarray, reach: float) -> Optional[GeometricFit]:
+        """The similarity, or a homography where it holds clearly more inliers: errors of the
+        attitude the patch was rectified with (pitch, roll, height) leave a planar perspective
+        that a similarity cannot absorb (a cheap IMU's 2 deg of pitch moves the far field metres)."""
+        similarity = fit_similarity(src, dst, self.threshold_m, self.floor_m)
+        perspective = fit_homography(src, dst, np.zeros(2), self.threshold_m, self.floor_m)
+        if perspective is None or perspective_spread(perspective.matrix, reach) > MAX_PERSPECTIVE:
+            return similarity
+        if similarity is None or perspective.n_inliers >= similarity.n_inliers + max(4, similarity.n_inliers // 4):
+            return perspective
+        return similarity
 
     def _describe(self, image: np.ndarray, attitude: Optional[CameraAttitude],
                   heading_deg: Optional[float]) -> Optional[QueryFeatures]:
@@ -153,7 +167,8 @@ class FineStage:
         return None
 
     def _verdict(self, fit: Optional[GeometricFit], peak: Optional[VotePeak], putative: int,
-                 candidates: Sequence[Candidate], timings: Dict[str, float]) -> FineResult:
+                 candidates: Sequence[Candidate], timings: Dict[str, float], query_model: str,
+                 reach: float) -> FineResult:
         cfg = self.config
         if fit is None:
             return _refused("no geometric model fits the {} matches".format(putative), timings)
@@ -164,10 +179,10 @@ class FineStage:
             problems.append("ambiguous place ({:.0f} votes vs {:.0f} elsewhere)".format(peak.votes, peak.rival_votes))
         if fit.spread_m < cfg.min_spread_m:
             problems.append("inliers spread {:.1f} m (< {:g})".format(fit.spread_m, cfg.min_spread_m))
-        if fit.model == SIMILARITY:
-            if abs(fit.scale - 1.0) > cfg.max_scale_error:
+        if query_model == SIMILARITY:  # a rectified patch: near the identity, whichever model fitted
+            if math.isnan(fit.scale) or abs(fit.scale - 1.0) > cfg.max_scale_error:
                 problems.append("scale {:.2f}".format(fit.scale))
-            if abs(fit.rotation_deg) > cfg.max_rotation_deg:
+            if math.isnan(fit.rotation_deg) or abs(fit.rotation_deg) > cfg.max_rotation_deg:
                 problems.append("rotation {:.1f} deg".format(fit.rotation_deg))
         elif np.linalg.det(fit.matrix[:2, :2]) >= 0:
             # Image rows grow south while map y grows north: a true frame-to-ground map mirrors.

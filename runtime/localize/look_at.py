@@ -25,8 +25,9 @@ class AttitudeUncertainty:
     heading_deg: float = 2.0
     pitch_deg: float = 0.5
     altitude_m: float = 2.0
-    # Heading error left once a geometric fit has measured it.
-    measured_heading_deg: float = 1.0
+    # Heading error left once geometric fits have measured it (a fit's rotation from a few dozen
+    # inliers is good to a degree or two; the estimate also lags a wandering error).
+    measured_heading_deg: float = 3.0
 
 
 def look_at_offset(attitude: Optional[CameraAttitude]) -> Tuple[float, float]:
@@ -53,6 +54,34 @@ def offset_covariance(attitude: Optional[CameraAttitude], uncertainty: AttitudeU
     d_pitch = attitude.altitude_m / math.cos(pitch) ** 2 * along * math.radians(uncertainty.pitch_deg)
     d_height = math.tan(pitch) * along * uncertainty.altitude_m
     return sum(np.outer(d, d) for d in (d_heading, d_pitch, d_height))
+
+
+class HeadingCorrection:
+    """The heading error that verified fits measure, applied to the following frames.
+
+    A compass heading's error wanders slowly (a bias plus errors correlated over seconds), so the
+    recent measurements predict the next frames' error far better than zero. Each fit's rotation is
+    noisy (a few dozen inliers), so measurements are averaged exponentially (`smoothing`: the weight
+    of the newest); the estimate is dropped once older than `max_age_s`."""
+
+    def __init__(self, max_age_s: float = 10.0, smoothing: float = 0.5) -> None:
+        self.max_age_s = max_age_s
+        self.smoothing = smoothing
+        self.value_deg = 0.0
+        self.t: Optional[float] = None
+
+    def at(self, t: float) -> float:
+        """The correction (reported minus true heading, degrees) to apply to a frame at `t`."""
+        if self.t is None or t - self.t > self.max_age_s:
+            return 0.0
+        return self.value_deg
+
+    def measured(self, t: float, applied_deg: float, residual_deg: float) -> float:
+        """A fit at `t` found `residual_deg` left after `applied_deg` was removed; returns the new
+        estimate of the whole error."""
+        weight = self.smoothing if self.at(t) == applied_deg and self.t is not None else 1.0
+        self.value_deg, self.t = applied_deg + weight * residual_deg, t
+        return self.value_deg
 
 
 def with_heading_error_removed(attitude: Optional[CameraAttitude], heading_error_deg: Optional[float]) -> Optional[CameraAttitude]:

@@ -34,7 +34,13 @@ from ..query_view import prepare_query
 from .estimate import EstimatorConfig, Fix, PositionEstimator
 from .geodesy import DISTANCE_METHOD, geodesic_distance_m
 from .kalman import ConstantVelocityKalman, KalmanConfig, UpdateResult, noise_covariance
-from .look_at import AttitudeUncertainty, look_at_offset, offset_covariance, with_heading_error_removed
+from .look_at import (
+    AttitudeUncertainty,
+    HeadingCorrection,
+    look_at_offset,
+    offset_covariance,
+    with_heading_error_removed,
+)
 from .metrics import ErrorStats, RunningMeans
 from .orient import rotate_to_north_up
 from .sinks import Sink
@@ -179,6 +185,7 @@ class LocalizationLoop:
         self._last_prior_xy: Optional[Tuple[float, float]] = None
         self._fused_look_at: Optional[np.ndarray] = None  # this frame's look-at estimate, when a fix was fused
         self._last_geometric_t: Optional[float] = None  # when a geometric fix last updated the filter
+        self.heading_correction = HeadingCorrection()
 
     # -- geometry helpers -------------------------------------------------------------------
     def _to_lonlat(self, xy: Tuple[float, float]) -> Tuple[float, float]:
@@ -215,11 +222,15 @@ class LocalizationLoop:
         # timed apart (the overhead budget counts everything but the network).
         image = frame.image
         spec = self.backend.identity.preprocess
-        attitude = self.config.camera.attitude(frame)
+        # The heading error the last verified fit measured is taken off this frame's heading.
+        correction = self.heading_correction.at(frame.t)
+        attitude = with_heading_error_removed(self.config.camera.attitude(frame), correction)
+        heading = self.config.camera.heading(frame)
+        heading = None if heading is None else (heading - correction) % 360.0
         if self.query_view.rectified:
             image = prepare_query(image, self.query_view, attitude, spec.size)
-        elif self.config.north_up and frame.heading_deg is not None:
-            image = rotate_to_north_up(image, frame.heading_deg)
+        elif self.config.north_up and heading is not None:
+            image = rotate_to_north_up(image, heading)
         batch = preprocess_batch([image], spec)
         after_preprocess = clock()
         embedding = self.backend.embed(batch)
@@ -248,12 +259,15 @@ class LocalizationLoop:
         if margin is not None:
             retrieval = self.estimator.estimate(scores[0], indices[0], margin)
         after_estimate = clock()
-        fine = self._refine(frame, attitude, offset, indices[0], timings)
+        fine = self._refine(frame, attitude, heading, offset, indices[0], timings)
         fix = self._geometric_fix(fine, scores[0], indices[0], retrieval) or retrieval
-        if fix is not None and fix.source == "geometric":
-            # The fit measured the heading error: the vehicle lies behind the look-at point
-            # along the true heading.
-            attitude = with_heading_error_removed(attitude, fine.rotation_deg if fine else None)
+        heading_error: Optional[float] = None
+        if fine is not None and fix is not None and fix.source == "geometric" and fine.rotation_deg is not None:
+            # The fit measured what heading error is left: the vehicle lies behind the look-at
+            # point along the true heading, and the next frames start from this estimate.
+            heading_error = correction + fine.rotation_deg  # this fit's measurement, as reported
+            estimate = self.heading_correction.measured(frame.t, correction, fine.rotation_deg)
+            attitude = with_heading_error_removed(attitude, estimate - correction)
             offset = look_at_offset(attitude)
         self.window_policy.observe(frame.t, fix is not None and fix.confident)
         after_refine = clock()
@@ -266,16 +280,17 @@ class LocalizationLoop:
         timings["filter"] = after_filter - after_refine
         self.counters.frames_processed += 1
         self.stage_means.add(timings)
-        return self._record(frame, fix, retrieval, fine, status, window, timings, offset)
+        return self._record(frame, fix, retrieval, fine, status, window, timings, offset, heading_error)
 
     # -- fine stage -------------------------------------------------------------------------
-    def _refine(self, frame: Frame, attitude: Optional[CameraAttitude], offset: Tuple[float, float],
-                indices: np.ndarray, timings: Dict[str, float]) -> Optional[FineResult]:
+    def _refine(self, frame: Frame, attitude: Optional[CameraAttitude], heading: Optional[float],
+                offset: Tuple[float, float], indices: np.ndarray, timings: Dict[str, float]) -> Optional[FineResult]:
         """Verify this frame against the bank's local features around the candidate regions."""
         if self.fine is None:
             return None
-        result = self.fine.refine(frame.image, attitude, self.config.camera.heading(frame),
-                                  self._candidates(frame, offset, indices), self._clock)
+        offset_cov = offset_covariance(attitude, self.config.attitude_std)
+        result = self.fine.refine(frame.image, attitude, heading, self._candidates(frame, offset, offset_cov, indices),
+                                  self._clock)
         for stage, seconds in result.timings.items():
             timings["refine_" + stage] = seconds
         return result
@@ -285,15 +300,18 @@ class LocalizationLoop:
         return (self._last_geometric_t is not None and t - self._last_geometric_t <= self.config.tracking_timeout_s
                 and self.filter.initialised and self.filter.position_std() <= self.config.tracking_std_m)
 
-    def _candidates(self, frame: Frame, offset: Tuple[float, float], indices: np.ndarray) -> List[Candidate]:
-        """Where the look-at point may be. Tracking: around the filter's prediction. Otherwise also
+    def _candidates(self, frame: Frame, offset: Tuple[float, float], offset_cov: np.ndarray,
+                    indices: np.ndarray) -> List[Candidate]:
+        """Where the look-at point may be. Tracking: around the filter's prediction, as far as the
+        filter's uncertainty and the look-at offset's (the attitude's errors) allow. Otherwise also
         around the vehicle's own prior (dead reckoning, which an untrained or misled retrieval
         cannot corrupt) and the best distinct retrieved tiles."""
         window_radius = self.config.window.radius_m or 400.0
         candidates: List[Candidate] = []
         if self.filter.initialised:
             x, y = self.filter.position
-            radius = min(max(3.0 * self.filter.position_std(), 30.0), window_radius)
+            spread = float(np.sqrt(max(np.linalg.eigvalsh(self.filter.cov[:2, :2] + offset_cov))))
+            radius = min(max(3.0 * spread, 30.0), window_radius)
             candidates.append(Candidate(x + offset[0], y + offset[1], radius, "filter"))
             if self._tracking(frame.t):
                 return candidates
@@ -343,7 +361,9 @@ class LocalizationLoop:
         vehicle = (fix.xy[0] - offset[0], fix.xy[1] - offset[1])
         geometric = fix.source == "geometric"
         tracking = self._tracking(frame.t)
-        result = self.filter.update(vehicle, frame.t, fix_cov + offset_cov, may_reinitialise=not tracking)
+        # While verified fits keep the filter on track, retrieval fixes cannot move it away; verified
+        # fits can, by the usual consensus of rejected fixes.
+        result = self.filter.update(vehicle, frame.t, fix_cov + offset_cov, may_reinitialise=geometric or not tracking)
         if geometric and not result.accepted and not tracking:
             # A verified fit outweighs a state that no verified fit has confirmed (it came from
             # retrieval fixes or dead reckoning): start again from it.
@@ -370,7 +390,7 @@ class LocalizationLoop:
 
     def _record(self, frame: Frame, fix: Optional[Fix], retrieval: Optional[Fix], fine: Optional[FineResult],
                 status: Dict[str, Any], window: Optional[SearchWindow], timings: Dict[str, float],
-                offset: Tuple[float, float]) -> Dict[str, Any]:
+                offset: Tuple[float, float], heading_error: Optional[float]) -> Dict[str, Any]:
         """Positions are of the look-at point (what retrieval sees, compared with the truth), plus
         the vehicle's (`vehicle_lat/lon`: the output minus the look-at offset, for the autopilot).
         `fix_*` is the frame's fix (geometric when verified, else retrieval); `retrieval_*` the
@@ -383,6 +403,7 @@ class LocalizationLoop:
         record["window_m"] = None if window is None else round(window.radius_m, 1)
         record["altitude_m"] = frame.altitude_m
         raw = self._fix_fields(record, fix, retrieval, fine)
+        record["heading_error_deg"] = None if heading_error is None else round(heading_error, 2)
         filtered: Optional[Tuple[float, float]] = None
         if self.filter.initialised:
             vehicle = self.filter.position
@@ -420,8 +441,6 @@ class LocalizationLoop:
             record["refine"] = "verified" if fine.verified else fine.reason
             record["inliers"] = fine.inliers
             record["inlier_ratio"] = None if fine.inlier_ratio is None else round(fine.inlier_ratio, 3)
-            if fine.rotation_deg is not None:
-                record["heading_error_deg"] = round(fine.rotation_deg, 2)
         if fix is None:
             return None
         raw = self._to_lonlat(fix.xy)
