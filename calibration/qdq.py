@@ -54,12 +54,12 @@ from typing import Any
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_path
+from meanloc.runtime.calibration_cache import INT8_OP_TYPES
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.onnx_contract import QUANTIZATION_KEY, onnx_metadata, write_onnx_metadata
 
 from .fallback import TARGET_COSINE, BuildFn, choose_fp32_fallback, embed_batches, mean_cosine
 from .integer_mlp import GELU_SIGMOID_SLOPE, rewrite_mlp_blocks
-from .onnx_tensors import INT8_OP_TYPES
 from .ranges import TensorRanges, ort_method
 
 TRT_PRECISION = "int8-qdq-trt"

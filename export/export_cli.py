@@ -133,7 +133,7 @@ def run_engine(args: argparse.Namespace) -> int:
     from meanloc.export.engine_build import build_engine
 
     if args.calib_cache:  # a damaged cache is refused the same way with or without TensorRT installed
-        from meanloc.calibration.cache import read_calibration_cache
+        from meanloc.runtime.calibration_cache import read_calibration_cache
 
         read_calibration_cache(args.calib_cache)
 

@@ -5,6 +5,7 @@ torch, OpenCV and ONNX Runtime are imported inside the handler so `--help` stays
 
 import argparse
 import sys
+from typing import Any
 
 from meanloc.errors import MeanlocError
 
@@ -65,21 +66,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
-def _open_model(args: argparse.Namespace) -> tuple[object, dict, object]:
-    """(model or backend, identity dict, device) for --checkpoint or --onnx."""
+def _open_model(args: argparse.Namespace) -> tuple[Any, dict]:
+    """(backend, what to record about the model) for --checkpoint (the exported embedder in PyTorch) or --onnx."""
     if args.checkpoint:
         import torch
 
-        from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
+        from meanloc.training.torch_backend import TorchBackend
 
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        loaded = load_checkpoint(args.checkpoint)
-        loaded.model.to(device)
-        identity = {"checkpoint": args.checkpoint, **checkpoint_identity(loaded).to_dict()}
-        return loaded.model, identity, device
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return TorchBackend(args.checkpoint, device=device), {"checkpoint": args.checkpoint}
     from meanloc.runtime.backends import open_backend
 
-    return open_backend(args.onnx), {"onnx": args.onnx}, None
+    return open_backend(args.onnx), {"onnx": args.onnx}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     # List the data before loading the model, so bad paths or names fail in a fraction of a second.
     for direction in DIRECTION_CHOICES[args.direction]:
         load_eval_split(args.data, args.dataset, direction, args.split, args.altitude)
-    model, identity, device = _open_model(args)
-    try:
+    backend, model_info = _open_model(args)
+    with backend:
         report = evaluate_model(
-            model,
+            backend,
             args.data,
             dataset=args.dataset,
             directions=DIRECTION_CHOICES[args.direction],
@@ -110,14 +108,9 @@ def run(args: argparse.Namespace) -> int:
             flip_tta=args.flip_tta,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=device,
             progress=not args.no_progress,
-            model_info=identity,
+            model_info=model_info,
         )
-    finally:
-        close = getattr(model, "close", None)
-        if callable(close):
-            close()
     json_path, table_path = write_report(report, args.out)
     print(format_report_table(report), end="")
     print(f"report: {json_path} (table: {table_path})")
