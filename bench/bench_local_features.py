@@ -39,8 +39,8 @@ from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
 from meanloc.runtime.features.extract import FEATURE_KINDS, FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import FrameSource
 from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig
-from meanloc.runtime.localize.sources import FrameSource
 from meanloc.runtime.localize.synthetic import SyntheticFlightOptions, SyntheticFlightSource
 from meanloc.runtime.localize.window import WindowConfig
 

@@ -22,8 +22,8 @@ from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude, rectify_to_ground
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import Frame, FrameSource
 from meanloc.runtime.localize.loop import CameraDefaults, LocalizationLoop, LoopConfig
-from meanloc.runtime.localize.sources import Frame, FrameSource
 from meanloc.runtime.preprocess import PreprocessSpec
 from meanloc.runtime.query_view import QueryView, prepare_query
 from meanloc.runtime.sim.render import render_view

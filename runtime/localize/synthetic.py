@@ -35,7 +35,7 @@ import numpy as np
 from meanloc.errors import MeanlocError
 
 from ..sim.sensors import SENSOR_PRESETS, SensorNoise, gauss_markov, sensor_preset
-from .sources import Frame, FrameSource
+from .frames import Frame, FrameSource
 from .telemetry import AttitudeHistory
 
 # The synthetic: source's public face: onboard code needs nothing else from the simulator.
