@@ -92,7 +92,7 @@ def test_opset17_has_native_layernorm_identity_and_dynamic_batch(exports, checkp
     assert loaded.identity == result.identity
     expected_identity.check_compatible(loaded.identity, "onnx vs checkpoint")
     assert loaded.metadata["meanloc.opset"] == "17" and loaded.metadata["meanloc.layernorm"] == "native"
-    assert loaded.metadata["meanloc.version"] and loaded.metadata["meanloc.color_order"] == "RGB"
+    assert loaded.metadata["meanloc.version"] and json.loads(loaded.metadata["meanloc.preprocess"])["color_order"] == "RGB"
 
     proto = onnx.load(str(result.path))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

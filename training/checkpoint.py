@@ -97,6 +97,14 @@ def read_weights_file(path: str | Path) -> Any:
         ) from None
 
 
+def read_checkpoint_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a meanloc checkpoint (model_config, train_config, ...); {} for other weight files."""
+    payload = read_weights_file(path)
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+        return dict(payload.get("manifest") or {})
+    return {}
+
+
 def load_checkpoint(path: str | Path, preset: str | None = None, img_size: int | None = None) -> LoadedCheckpoint:
     """Re-create the model a checkpoint describes (ours or official MEAN), strictly.
 

@@ -236,3 +236,52 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+
+
+def input_px(config: TrainConfig) -> int:
+    """The model's input side, derived once for data and model: --img-size, else what a synthetic
+    dataset recommends, else the preset's."""
+    if config.img_size:
+        return config.img_size
+    if config.dataset == "synthetic":
+        from .data.query_images import dataset_input_px
+
+        return dataset_input_px(config.data_root, SYNTHETIC_DEFAULT_PX)
+    from .model import PRESETS
+
+    return PRESETS[config.preset].img_size
+
+
+# What a resumed run may set anew: where it reads and writes, when it stops, and what it shows. The
+# rest is the interrupted run's (its checkpoint's train_config); a schedule fixed by the interrupted
+# run stays, so --max-steps / --max-minutes only say where the resumed run stops.
+RESUMABLE = frozenset({
+    "resume", "max_steps", "max_minutes", "out_dir", "data_root", "num_workers", "threads", "device", "progress",
+    "tensorboard", "log_every", "checkpoint_every", "cache_images", "skip_bad_images", "eval_batch_size",
+    "val_every_min_steps",
+})
+
+
+def resumed_config(stated: dict[str, Any], manifest: dict[str, Any], source: str) -> TrainConfig | None:
+    """The checkpoint's config with the options `stated` (YAML and command line) that may change on a
+    resume; refuses any other stated option that contradicts the checkpoint. None: the checkpoint
+    records no train_config (the trainer says why it cannot be resumed)."""
+    recorded = {key: value for key, value in dict(manifest.get("train_config") or {}).items() if key in FIELDS}
+    if not recorded:
+        return None
+    if not recorded.get("img_size"):  # older checkpoints: the model config holds the size actually trained
+        recorded["img_size"] = dict(manifest.get("model_config") or {}).get("img_size")
+    conflicts = [
+        f"--{key.replace('_', '-')} {_coerce(key, value)!r} (the checkpoint: {recorded[key]!r})"
+        for key, value in sorted(stated.items())
+        if key not in RESUMABLE and key in recorded and _coerce(key, value) != recorded[key]
+    ]
+    if conflicts:
+        raise MeanlocError(
+            f"{source} was trained with other options: {'; '.join(conflicts)}. A resumed run continues its checkpoint's "
+            "config (only where it reads and writes, when it stops and what it shows may change); start a new run, "
+            "or use --init-checkpoint to start from its weights")
+    merged = {**recorded, **{key: value for key, value in stated.items() if key in RESUMABLE}}
+    config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    config.validate()
+    return config
