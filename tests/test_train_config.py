@@ -89,3 +89,13 @@ def test_resume_continues_the_checkpoint_config_and_refuses_a_contradicting_comm
     with pytest.raises(MeanlocError, match=r"--img-size 64 \(the checkpoint: 48\)"):
         resumed_config({"resume": "x", "img_size": 64}, legacy, "x")
     assert resumed_config({"resume": "x"}, {"model_config": {"img_size": 48}}, "x") is None  # weights only
+
+
+def test_resume_alone_continues_the_run_in_out():
+    from meanloc.cli import build_command_parser
+    from meanloc.training.config import cli_overrides
+
+    args = build_command_parser("train").parse_args(["--data", "x", "--out", "runs/a", "--resume"])
+    assert build_config(cli_values=cli_overrides(args)).resume == "runs/a/last.pt"
+    args = build_command_parser("train").parse_args(["--data", "x", "--resume", "other/best.pt"])
+    assert build_config(cli_values=cli_overrides(args)).resume == "other/best.pt"

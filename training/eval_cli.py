@@ -7,9 +7,9 @@ import argparse
 import sys
 from typing import Any
 
+from meanloc.cli_args import add_batch_size, add_data, add_out, add_overwrite, add_progress
 from meanloc.errors import MeanlocError
 
-DATASET_CHOICES = ("university", "synthetic", "sues200")
 DIRECTION_CHOICES = {"both": ("d2s", "s2d"), "d2s": ("d2s",), "s2d": ("s2d",)}
 PROTOCOL_CHOICES = {
     "both": ("full", "junk_distractors"),
@@ -25,16 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", help="MEAN checkpoint (meanloc format or official MEAN), run with PyTorch"
     )
     model.add_argument("--onnx", help="exported ONNX model, run with ONNX Runtime")
-    parser.add_argument(
-        "--data", required=True, help="dataset root (University-1652 layout, or SUES-200 raw/split)"
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=DATASET_CHOICES,
-        default="university",
-        help="dataset layout; 'synthetic' is meanloc's generator output (University-1652 layout). Default: university",
-    )
-    parser.add_argument("--altitude", help="SUES-200 flight altitude: 150, 200, 250 or 300 (SUES-200 only)")
+    add_data(parser, help="dataset root (University-1652 layout, or SUES-200 raw/split)")
+    parser.add_argument("--altitude", type=int, help="SUES-200 flight altitude: 150, 200, 250 or 300 (SUES-200 only)")
     parser.add_argument(
         "--direction",
         choices=tuple(DIRECTION_CHOICES),
@@ -53,16 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-tta", action="store_true", help="add the horizontally flipped image's embedding"
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+    add_batch_size(parser, 128, help="images per forward pass (default: 128)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
     parser.add_argument(
         "--device", default=None, help="torch device for --checkpoint (default: cuda if available, else cpu)"
     )
-    parser.add_argument(
-        "--out", default="eval_report.json", help="JSON report path; a .md table is written next to it"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report (once the new one is complete)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_out(parser, default="eval_report.json", help="JSON report path; a .md table is written next to it")
+    add_overwrite(parser, help="replace an existing report (once the new one is complete)")
+    add_progress(parser)
     parser.set_defaults(handler=run)
 
 
@@ -88,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from meanloc.training.data.splits import load_eval_split
     from meanloc.training.evaluate import evaluate_model, format_report_table, write_report
 
-    if args.batch_size < 1 or args.workers < 1:
-        raise MeanlocError("--batch-size and --workers must be >= 1")
+    if args.workers < 1:
+        raise MeanlocError("--workers must be >= 1")
     for path in (Path(args.out), Path(args.out).with_suffix(".md")):
         claim_output(path, args.overwrite)
     # List the data before loading the model, so bad paths or names fail in a fraction of a second.

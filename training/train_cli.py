@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     yaml_values, cli_values = (read_yaml_config(args.config) if args.config else {}), cli_overrides(args)
     config = build_config(yaml_values, cli_values)
-    stated = {**yaml_values, **cli_values}
+    stated = {**yaml_values, **cli_values, **({"resume": config.resume} if config.resume else {})}
     if config.resume:
         from .checkpoint import read_checkpoint_manifest
 
