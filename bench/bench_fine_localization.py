@@ -1,9 +1,11 @@
-"""Metres from geometry: the demo's flight with its trained model and with an UNTRAINED one.
+"""Metres from geometry: the demo's flight with its trained model, noisy sensors, and an UNTRAINED model.
 
 Reads a finished `meanloc demo` work folder (its data, ONNX model and bank with the local-feature
 layer) and flies the demo's synthetic flight (same frames, seed, area, camera and options as the
 demo's `localize` step) through the real loop:
-  * trained: the demo's FP32 model and bank (as the demo's own flight step);
+  * trained: the demo's FP32 model and bank (as the demo's own flight step), with ideal attitude
+    and with each `--sensor-noise` preset asked for (frames rendered with the true pose carry the
+    preset's heading, pitch/roll and height errors; the loop allows for the same errors);
   * untrained: a random-weight model of the same preset, exported by the real exporter, with a bank
     of its own embeddings and the same orthophoto's local features, flown with `--window-m 400`
     from the dead-reckoning prior. Retrieval is then at chance: whatever is within metres comes
@@ -11,7 +13,7 @@ demo's `localize` step) through the real loop:
 Errors are against the true look-at point; shares "within 25 m" count frames without an estimate
 as failures. Prints a Markdown table.
 
-Usage: python bench/bench_fine_localization.py --workdir meanloc-demo [--frames 150]
+Usage: python bench/bench_fine_localization.py --workdir meanloc-demo [--frames 150] [--sensor-noise cheap-imu,...]
 """
 
 import argparse
@@ -55,6 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="meanloc-demo", help="a finished `meanloc demo` folder")
     parser.add_argument("--frames", type=int, default=None, help="frames to fly (default: the demo's)")
+    parser.add_argument("--sensor-noise", default="good-gimbal,cheap-imu",
+                        help="comma-separated sensor presets to fly the trained model with too ('' for none)")
     parser.add_argument("--untrained-only", action="store_true",
                         help="fly only the untrained model (needs just the demo's data folder and bank)")
     args = parser.parse_args()
@@ -72,7 +76,13 @@ def main() -> int:
             trained = folder / "trained.json"
             if meanloc(flight_argv(work, work / "model.onnx", work / "bank", trained, options)) != 0:
                 raise SystemExit("the trained flight failed")
-            rows.append(row(f"trained {preset} (the demo's model)", json.loads(trained.read_text())))
+            rows.append(row(f"trained {preset} (the demo's model), ideal sensors", json.loads(trained.read_text())))
+            for preset_name in [p for p in args.sensor_noise.split(",") if p]:
+                noisy = folder / f"trained-{preset_name}.json"
+                argv = flight_argv(work, work / "model.onnx", work / "bank", noisy, options)
+                if meanloc(argv + ["--sensor-noise", preset_name]) != 0:
+                    raise SystemExit(f"the {preset_name} flight failed")
+                rows.append(row(f"trained {preset}, {preset_name} sensors", json.loads(noisy.read_text())))
         untrained_model = folder / "untrained.onnx"
         random_onnx(untrained_model, preset)
         satellite = work / "data" / "world" / "satellite.tif"

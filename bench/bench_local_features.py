@@ -38,6 +38,7 @@ from meanloc.runtime.bank.build import build_bank_from_orthophoto
 from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
 from meanloc.runtime.features.extract import FEATURE_KINDS, FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.images import decode_image
 from meanloc.runtime.localize.estimate import EstimatorConfig
 from meanloc.runtime.localize.frames import FrameSource
 from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig
@@ -72,7 +73,7 @@ class JpegFlight(FrameSource):
     def __iter__(self):
         for data, frame in self.frames:
             self.stats.frames += 1
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            image = decode_image(data, f"flight frame {frame.index}")
             yield frame.__class__(**dict(vars(frame), image=image))
 
 
