@@ -176,7 +176,7 @@ def distributed(onnx: Path, geotiff: Path, work: Path, args, preset: str, size: 
                                                                        "--nproc-per-node", "2"])):
         folders[label] = work / ("dist-" + str(len(folders)))
         argv = [sys.executable, *prefix, "-m", "meanloc", "bank", "build", "--model", str(onnx), "--orthophoto",
-                str(geotiff), "--out", str(folders[label]), "--tile-m", str(TILE_M), "--batch", str(args.batch),
+                str(geotiff), "--out", str(folders[label]), "--tile-m", str(TILE_M), "--batch-size", str(args.batch),
                 "--shard-size", str(args.batch), "--no-progress"]
         print(f"{preset}: bank build, {label}", file=sys.stderr, flush=True)
         started = time.perf_counter()

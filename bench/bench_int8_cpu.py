@@ -173,7 +173,7 @@ def _calibration(args: argparse.Namespace, fp32: Path, work: Path) -> Calibratio
 
 
 def accuracy(args: argparse.Namespace) -> int:
-    from meanloc.export.precision_report import build_precision_report, format_precision_table
+    from meanloc.calibration.precision_report import build_precision_report, format_precision_table
 
     with tempfile.TemporaryDirectory(prefix="meanloc-bench-int8-") as tmp:
         work = Path(tmp)

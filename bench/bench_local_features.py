@@ -44,8 +44,8 @@ from meanloc.runtime.features.extract import FEATURE_KINDS, FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.images import decode_image
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import FrameSource
 from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig
-from meanloc.runtime.localize.sources import FrameSource
 from meanloc.runtime.localize.synthetic import SyntheticFlightOptions, SyntheticFlightSource
 from meanloc.runtime.localize.window import WindowConfig
 

@@ -44,8 +44,8 @@ THREADS: list[str] = []  # --threads N for every training run (a busy machine ru
 
 def train(data: Path, out: Path, steps: int, extra: list[str]) -> float:
     started = time.monotonic()
-    code = meanloc(["train", "--dataset", "synthetic", "--data-root", str(data), "--max-steps", str(steps),
-                    "--seed", "0", "--out-dir", str(out), "--selection", "val", "--no-progress", *THREADS, *extra])
+    code = meanloc(["train", "--dataset", "synthetic", "--data", str(data), "--max-steps", str(steps),
+                    "--seed", "0", "--out", str(out), "--selection", "val", "--no-progress", *THREADS, *extra])
     if code != 0:
         raise SystemExit(f"training failed for {out} (exit {code})")
     return time.monotonic() - started

@@ -28,8 +28,8 @@ SETTINGS = (("pose-aware queries (synthetic recipe default)", []),
 
 
 def run_setting(data: Path, out: Path, minutes: float, extra: list[str]) -> dict:
-    if meanloc(["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", "mean-small",
-                "--max-minutes", f"{minutes:g}", "--seed", "0", "--out-dir", str(out), "--selection", "last",
+    if meanloc(["train", "--dataset", "synthetic", "--data", str(data), "--preset", "mean-small",
+                "--max-minutes", f"{minutes:g}", "--seed", "0", "--out", str(out), "--selection", "last",
                 "--no-progress", "--overwrite", *extra]) != 0:  # a re-run with the same --work starts over
         raise SystemExit(f"training failed for {out}")
     if meanloc(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(data), "--dataset", "synthetic",

@@ -37,9 +37,9 @@ def noisy_test_r1(onnx: Path, data: Path, preset: str, seed: int = 0) -> tuple[f
     from meanloc.runtime.backends import open_backend
     from meanloc.runtime.backends.base import l2_normalise
     from meanloc.runtime.images import read_image
-    from meanloc.runtime.localize.synthetic import sensor_preset
     from meanloc.runtime.preprocess import preprocess_batch
     from meanloc.runtime.query_view import prepare_query
+    from meanloc.runtime.sim.sensors import sensor_preset
     from meanloc.training.attitude_noise import noisy_attitude
     from meanloc.training.data.query_images import read_view_attitude
     from meanloc.training.data.splits import load_eval_split

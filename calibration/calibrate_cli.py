@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meanloc.cli_args import add_batch_size, add_out, add_overwrite, add_progress
 from meanloc.errors import MeanlocError
 
 from .qdq import CPU_RECIPES, DEFAULT_CPU_RECIPE
@@ -24,13 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("train", "val", "test"),
         help="dataset split to draw from (with --data)",
     )
-    parser.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder for the cache and the INT8 models"
-    )
+    add_out(parser, help="output folder for the cache and the INT8 models")
     parser.add_argument(
         "--num-images", type=int, default=256, help="calibration images (rounded down to whole batches)"
     )
-    parser.add_argument("--batch", type=int, default=16, help="calibration batch size")
+    add_batch_size(parser, 16, help="calibration batch size", old="--batch")
     parser.add_argument("--method", default="entropy", choices=METHODS, help="how ranges are chosen")
     parser.add_argument(
         "--trt-version",
@@ -47,10 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified image draw")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="pass over (and count) damaged, truncated or unreadable images instead of refusing them")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the calibration already in --out (its files are replaced one by one, each "
-                        "only once its successor is complete)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite(parser, help="replace the calibration already in --out (its files are replaced one by one, each "
+                  "only once its successor is complete)")
+    add_progress(parser)
     parser.set_defaults(handler=run)
 
 
@@ -70,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
     identity = load_embedding_onnx(args.onnx, "FP32 ONNX model").identity
     spec = identity.preprocess
     if args.images:
-        calib_set = from_folder(args.images, spec, args.num_images, args.batch, args.seed, args.skip_bad_images)
+        calib_set = from_folder(args.images, spec, args.num_images, args.batch_size, args.seed, args.skip_bad_images)
     else:
-        calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch, args.seed,
+        calib_set = from_dataset(args.data, spec, args.split, args.num_images, args.batch_size, args.seed,
                                  query_view=identity.query_view, skip_bad_images=args.skip_bad_images)
     print(
-        f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch})"
+        f"calibrating on {calib_set.num_images} images from {calib_set.source} ({args.method}, batch {args.batch_size})"
     )
     if calib_set.bad_images:
         print(f"meanloc calibrate: {calib_set.bad_images.summary()}", file=sys.stderr)

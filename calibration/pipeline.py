@@ -17,21 +17,22 @@ import numpy as np
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.runtime.artifacts import ensure_writable_dir, sha256_file
-from meanloc.runtime.onnx_file import load_embedding_onnx
-
-from .cache import (
+from meanloc.runtime.calibration_cache import (
     build_cache,
     check_cache_names,
+    int8_activation_names,
     manifest_path,
     parse_trt_version,
     read_cache_manifest,
     read_calibration_cache,
+    value_names,
     write_cache_manifest,
     write_calibration_cache,
 )
+from meanloc.runtime.onnx_file import load_embedding_onnx
+
 from .calibset import CalibrationSet
 from .fallback import EVAL_IMAGES
-from .onnx_tensors import int8_activation_names, value_names
 from .qdq import (
     CPU_PRECISION,
     DEFAULT_CPU_RECIPE,

@@ -1,43 +1,25 @@
 """The two quantized ONNX flavours, kept as separate, labelled files (deployment.md §5.3, §7).
 
-- `int8-qdq-trt`: explicit quantization for TensorRT. TensorRT's Q/DQ rules: symmetric signed
+- `int8-qdq-trt`: explicit quantization for TensorRT, by TensorRT's Q/DQ rules: symmetric signed
   int8, zero point 0, per-channel weights, per-tensor activations, Q/DQ on the inputs of Conv,
   MatMul and Gemm, float biases. Weights stay FP32 with a Q->DQ pair of their own, and every
-  quantized consumer gets a dedicated pair (a residual Add reading the same activation shares
-  its DQ; see `TENSORRT_WEIGHT_OPTIONS`).
-  `op_types_to_quantize` is set explicitly because ORT's default QDQ registry also wraps
-  LayerNormalization, Transpose and others. The opset is kept (TensorRT 8.x parses <= 17).
-  Given calibration images, the layers the embedding is most sensitive to stay FP32 until the
-  mean cosine to FP32 reaches 0.99 (`fallback.py`; at most 15 % of the layers). On the demo
-  model (mean-small, entropy ranges) that took the mean cosine on the val split from 0.978 to
-  0.993: the all-int8 loss came mostly from three GELU-fed `pwconv2` MatMuls, whose symmetric
-  int8 input wastes the negative half of the range; stem/downsample/depthwise exclusion or
-  percentile ranges gained at most 0.003, so a fixed exclusion list was not enough.
-- `int8-cpu`: the fastest ONNX Runtime CPU variant found by measurement, recipe `integer-mlp`
-  (default): the convolutions through ORT's static Q/DQ with their outputs quantized too, so ORT
-  fuses each into a QLinearConv, and every ConvNeXt MLP (Linear -> GELU -> Linear) rewritten to
-  keep its 4C-wide hidden activation in uint8 (`integer_mlp.py`). Activations are uint8
-  asymmetric from the calibration ranges; weights int8 per channel with `reduce_range` (7 bits):
-  without VNNI, ORT's U8S8 kernel sums pairs of u8 x s8 products in int16 (vpmaddubsw) and
-  saturates with full-range weights (on the demo model reduce_range took the min cosine of the
-  dynamic recipe from 0.9969 to 0.9998, at no measurable speed cost).
+  quantized consumer gets a dedicated pair (a residual Add reading the same activation shares its
+  DQ; see `TENSORRT_WEIGHT_OPTIONS`). `op_types_to_quantize` is explicit because ORT's default QDQ
+  registry also wraps LayerNormalization, Transpose and others; the opset is kept (TensorRT 8.x
+  parses <= 17). Given calibration images, the layers the embedding is most sensitive to stay FP32
+  until the mean cosine to FP32 reaches 0.99 (`fallback.py`; at most 15 % of the layers).
+- `int8-cpu`: the fastest ONNX Runtime CPU variant, recipe `integer-mlp` (default): convolutions
+  through ORT's static Q/DQ with quantized outputs (so ORT fuses each into a QLinearConv), and every
+  ConvNeXt MLP kept in uint8 (`integer_mlp.py`). Activations are uint8 asymmetric from the
+  calibration ranges; weights int8 per channel with `reduce_range` (7 bits), because without VNNI
+  ORT's U8S8 kernel sums pairs of u8 x s8 products in int16 (vpmaddubsw) and saturates with
+  full-range weights. `dynamic` (no ranges needed) and `static-u8s8` quantize the MatMuls only and
+  are kept for other CPUs.
 
-  Why: at 384 px the pointwise MLP MatMuls take ~75 % of FP32 time, and int8 GEMM is only ~1.8x
-  FP32 here (shared 2-vCPU AMD EPYC, AVX2 without VNNI, ORT 1.32), so quantizing MatMuls alone
-  (recipes `dynamic`, the previous default, and `static-u8s8`) tops out at 0.64-0.69x FP32: the
-  float GELU (~9 % of FP32 time), the depthwise/downsample convolutions and the NCHWc reorders
-  stay. Measured by ORT's profiler and interleaved timing (mean-paper 384 px, batch 1, 2 threads,
-  `bench/bench_int8_cpu.py speed --candidates`): int8 convolutions took the MatMul-only model
-  from 0.69x to 0.64x, the uint8 MLP to 0.57x (GELU in uint8: 9.6 ms of table + multiply vs
-  15-17 ms of float erf GELU, and no re-quantization before fc2).
-  Tried and dropped: QOperator QLinearMatMul plus a QLinearAdd for the bias (no gain), ORT's QGemm
-  (not pre-packed, 1.5x slower than MatMulIntegerToFloat), an exact GELU table through Cast+Gather
-  (8x slower than float GELU), a float tanh GELU (FastGelu, no gain; it applies to FP32 alike).
-  `dynamic` needs no ranges and is kept for other CPUs; `static-u8s8` likewise.
-
-Both carry the FP32 model's metadata with `meanloc.precision` replaced, plus `meanloc.quantization`
-describing the settings (also copied into the calibration manifest), so every consumer knows
-which artifact it holds.
+The measurements behind these choices, and what was tried and dropped, are in bench/RESULTS.md
+("INT8 model design, from calibration/qdq.py"). Both flavours carry the FP32 model's metadata with
+`meanloc.precision` replaced, plus `meanloc.quantization` describing the settings (also copied into
+the calibration manifest), so every consumer knows which artifact it holds.
 """
 
 from __future__ import annotations
@@ -54,12 +36,12 @@ from typing import Any
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.artifacts import atomic_path
+from meanloc.runtime.calibration_cache import INT8_OP_TYPES
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.onnx_contract import QUANTIZATION_KEY, onnx_metadata, write_onnx_metadata
 
 from .fallback import TARGET_COSINE, BuildFn, choose_fp32_fallback, embed_batches, mean_cosine
 from .integer_mlp import GELU_SIGMOID_SLOPE, rewrite_mlp_blocks
-from .onnx_tensors import INT8_OP_TYPES
 from .ranges import TensorRanges, ort_method
 
 TRT_PRECISION = "int8-qdq-trt"

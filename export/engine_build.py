@@ -219,14 +219,15 @@ def _load_calibration(trt: Any, options: EngineOptions, onnx: EmbeddingOnnx) -> 
     names of another graph, or a manifest naming another ONNX."""
     if options.calibration_cache is None:
         return None
-    from meanloc.calibration.cache import (
+    from meanloc.runtime.calibration_cache import (
         check_cache_names,
+        int8_activation_names,
         manifest_path,
         parse_calibration_cache,
         read_cache_manifest,
         trt_version_code,
+        value_names,
     )
-    from meanloc.calibration.onnx_tensors import int8_activation_names, value_names
 
     path = Path(options.calibration_cache)
     try:

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from meanloc.cli_args import add_out, add_overwrite, add_progress
 from meanloc.export.engine_options import PRECISIONS  # light: TensorRT is imported only when building
 
 
@@ -25,7 +26,7 @@ def _configure_onnx(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="meanloc or official MEAN checkpoint (.pt/.pth/.safetensors)"
     )
-    parser.add_argument("--out", required=True, help="ONNX file to write")
+    add_out(parser, help="ONNX file to write")
     parser.add_argument(
         "--opset",
         type=int,
@@ -35,7 +36,7 @@ def _configure_onnx(parser: argparse.ArgumentParser) -> None:
         "16: LayerNorm decomposed and marked for FP32, TensorRT 8.5 / JetPack 5",
     )
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (once the new one is complete)")
+    add_overwrite(parser, help="replace an existing --out (once the new one is complete)")
     parity = parser.add_mutually_exclusive_group()
     parity.add_argument(
         "--parity",
@@ -58,7 +59,7 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnx", required=True, help="ONNX written by `meanloc export onnx` (or its Q/DQ version)"
     )
-    parser.add_argument("--out", required=True, help="engine file to write; its manifest goes to <out>.json")
+    add_out(parser, help="engine file to write; its manifest goes to <out>.json")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -104,9 +105,7 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", default=None, help="folder of earlier builds to reuse identical ones from"
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
-    parser.add_argument(
-        "--quiet", action="store_true", help="do not print build progress and TensorRT warnings"
-    )
+    add_progress(parser, old="--quiet", help="do not print build progress and TensorRT warnings")
     parser.set_defaults(handler=run_engine)
 
 
@@ -133,7 +132,7 @@ def run_engine(args: argparse.Namespace) -> int:
     from meanloc.export.engine_build import build_engine
 
     if args.calib_cache:  # a damaged cache is refused the same way with or without TensorRT installed
-        from meanloc.calibration.cache import read_calibration_cache
+        from meanloc.runtime.calibration_cache import read_calibration_cache
 
         read_calibration_cache(args.calib_cache)
 
@@ -152,7 +151,7 @@ def run_engine(args: argparse.Namespace) -> int:
         dla_core=args.dla_core,
         cache_dir=args.cache_dir,
         force=args.force,
-        echo=None if args.quiet else _stderr,
+        echo=None if args.no_progress else _stderr,
     )
     for warning in result.warnings:
         _stderr("warning: " + warning)

@@ -6,7 +6,7 @@
    (NVIDIA/TensorRT#3659, #3131, #4058; #2430: "not all layers has scale, e.g, for identity
    layer"), even right after its own calibration (ultralytics#10165). So a warning fails an
    implicit-INT8 build only when it names an activation meanloc requires in INT8: an input or
-   output of a Conv, MatMul or Gemm (`calibration/onnx_tensors.int8_activation_names`). "Setting a
+   output of a Conv, MatMul or Gemm (`runtime/calibration_cache.int8_activation_names`). "Setting a
    default quantization params because quantization data is missing for X" (#3612, a cache TensorRT
    ignored) is judged the same way.
 2. The engine itself, through IEngineInspector: with DETAILED profiling verbosity every layer lists

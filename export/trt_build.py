@@ -14,7 +14,7 @@ monitor and precision constraints, each set only where the installed TensorRT ha
   `EngineBytesFromNetwork` merges old caches with `ignore_mismatch=True`; here a foreign cache, or
   one `create_timing_cache` cannot read (it returns None), is replaced by a fresh one, written atomically;
 - the DLA core: `CreateConfig(use_dla=True)` always selects core 0;
-- the calibrators (calibration/trt_calibrator.py): Polygraphy's `Calibrator` lets any exception but
+- the calibrators (runtime/trt_calibrator.py): Polygraphy's `Calibrator` lets any exception but
   its own reach TensorRT, which swallows it, and rewrites the cache file in place;
 - FP32 pinning of the sensitive layers, and the INT8 checks of export/int8_check.py.
 """
@@ -127,7 +127,7 @@ def build_plan(
 
         serialized = builder.build_serialized_network(network, config)
         if calibrator is not None:
-            from meanloc.calibration.trt_calibrator import raise_callback_error
+            from meanloc.runtime.trt_calibrator import raise_callback_error
 
             raise_callback_error(calibrator)  # TensorRT swallowed it; it decides the outcome
         if serialized is None:
@@ -159,8 +159,8 @@ def build_plan(
 def _calibrator(trt: Any, options: EngineOptions, calibration_bytes: bytes | None) -> Any | None:
     if options.precision != "int8-implicit":
         return None
-    # The cache-only IInt8EntropyCalibrator2 (calibration/trt_calibrator.py), imported late: it needs TensorRT.
-    from meanloc.calibration.trt_calibrator import cache_only_calibrator
+    # The cache-only IInt8EntropyCalibrator2 (runtime/trt_calibrator.py), imported late: it needs TensorRT.
+    from meanloc.runtime.trt_calibrator import cache_only_calibrator
 
     return cache_only_calibrator(trt, calibration_bytes or b"", options.opt_batch)
 
@@ -300,7 +300,7 @@ def _quantizable_nodes(onnx: EmbeddingOnnx, explicit: bool) -> list[str]:
 def _check_int8(trt: Any, plan: bytes, options: EngineOptions, onnx: EmbeddingOnnx, log_lines: list[str]) -> dict:
     """Refuse an INT8 engine whose required activations got no scale, or that runs nothing in INT8."""
     if options.precision == "int8-implicit":
-        from meanloc.calibration.onnx_tensors import int8_activation_names
+        from meanloc.runtime.calibration_cache import int8_activation_names
 
         failures = scale_failures(log_lines, int8_activation_names(onnx.model))
         if failures:

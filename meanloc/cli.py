@@ -30,7 +30,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "eval": ("meanloc.training.eval_cli", "Recall@K / AP evaluation on University-1652, SUES-200 or synthetic data"),
     "export": ("meanloc.export.export_cli", "export a checkpoint to ONNX, or ONNX to a TensorRT engine"),
     "calibrate": ("meanloc.calibration.calibrate_cli", "INT8 calibration: TensorRT cache and Q/DQ ONNX models"),
-    "report": ("meanloc.export.report_cli", "accuracy reports (precision: FP32 vs FP16/INT8)"),
+    "report": ("meanloc.calibration.report_cli", "accuracy reports (precision: FP32 vs FP16/INT8)"),
     "bank": ("meanloc.runtime.bank_cli", "build, inspect, verify and merge satellite embedding banks"),
     "localize": ("meanloc.runtime.localize_cli", "run the onboard localization loop on a video, camera or synthetic flight"),
     "profile": ("meanloc.runtime.profiling.profile_cli", "latency profiling of backends and engines"),

@@ -54,7 +54,7 @@ class DemoStep:
 def data_step(options: DemoOptions, work: Path) -> DemoStep:
     data = work / "data"
     return DemoStep("data", "generate the synthetic world and its cross-view dataset",
-                    ["data", "synth", "--preset", options.data_preset, "--seed", str(options.seed), "--out", str(data)]
+                    ["data", "synth", "--data-preset", options.data_preset, "--seed", str(options.seed), "--out", str(data)]
                     + ([] if options.cross_source else ["--same-source"]),
                     [data / "dataset.json", data / "world" / "satellite.tif"])
 
@@ -91,8 +91,8 @@ def plan_steps(options: DemoOptions, work: Path, use_tensorrt: bool, flight_area
     steps = [
         DemoStep("train", "train {} on the synthetic world ({} steps, stop after {:g} min at the latest)".format(
                      options.model_preset, options.train_steps or "the recipe's", options.train_minutes),
-                 ["train", "--dataset", "synthetic", "--data-root", str(data), "--preset", options.model_preset,
-                  "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out-dir", str(train),
+                 ["train", "--dataset", "synthetic", "--data", str(data), "--preset", options.model_preset,
+                  "--max-minutes", str(options.train_minutes), "--seed", str(options.seed), "--out", str(train),
                   "--selection", "val"] + ([] if options.pose_aware else ["--no-pose-aware-queries"])
                  + (["--batch-size", str(options.batch_size)] if options.batch_size else [])
                  + (["--max-steps", str(options.train_steps)] if options.train_steps else []),

@@ -2,6 +2,8 @@
 
 import argparse
 
+from meanloc.cli_args import add_batch_size, positive_float
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="meanloc-demo",
@@ -15,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flight-frames", type=int, default=150,
                         help="frames of the synthetic flight (default 150)")
     parser.add_argument("--flight-pattern", default="lawnmower", help="synthetic flight pattern: lawnmower or straight")
-    parser.add_argument("--flight-altitude", type=float, default=200.0, help="flight height above ground in m (default 200)")
+    parser.add_argument("--flight-altitude", type=positive_float, default=200.0, help="flight height above ground in m (default 200)")
     parser.add_argument("--flight-pitch", type=float, default=40.0,
                         help="camera pitch from nadir in degrees (default 40; 0 = nadir)")
     parser.add_argument("--no-pose-aware", dest="pose_aware", action="store_false",
@@ -28,8 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-preset", default="demo",
                         help="synthetic dataset preset of `meanloc data synth` (default demo; tiny for a smoke run)")
     parser.add_argument("--model-preset", default="mean-small", help="model preset to train (default mean-small)")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="training batch in pairs (default: the synthetic recipe's; must not exceed the classes)")
+    add_batch_size(parser, None, help="training batch in pairs (default: the synthetic recipe's; must not exceed the classes)")
     parser.set_defaults(handler=run)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(
         workdir=args.workdir, fresh=args.fresh, train_minutes=args.train_minutes, train_steps=args.train_steps,
         flight_frames=args.flight_frames, seed=args.seed, data_preset=args.data_preset,
-        model_preset=args.model_preset, batch_size=args.batch_size, flight_pattern=args.flight_pattern,
+        model_preset=args.model_preset, batch_size=args.batch_size or 0, flight_pattern=args.flight_pattern,
         cross_source=args.cross_source, flight_altitude_m=args.flight_altitude, flight_pitch_deg=args.flight_pitch,
         pose_aware=args.pose_aware,
     ))

@@ -8,6 +8,7 @@ package, above runtime/, which never imports export/ or calibration/. Python 3.8
 import argparse
 import sys
 
+from meanloc.cli_args import add_out, add_overwrite
 from meanloc.runtime import doctor_cli as environment_report
 
 DEFAULT_SELFTEST_REPORT = "meanloc-selftest.json"
@@ -19,10 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--selftest", action="store_true",
                        help="build FP32/FP16/INT8-explicit/INT8-implicit engines, run each through TensorRT and "
                        "ONNX Runtime, and report cosine to FP32, latency, sizes, versions and failures")
-    group.add_argument("--out", default=DEFAULT_SELFTEST_REPORT,
-                       help="selftest report to write (JSON; default {})".format(DEFAULT_SELFTEST_REPORT))
-    group.add_argument("--overwrite", action="store_true",
-                       help="replace the report already in --out (once the new one is complete)")
+    add_out(group, default=DEFAULT_SELFTEST_REPORT,
+            help="selftest report to write (JSON; default {})".format(DEFAULT_SELFTEST_REPORT))
+    add_overwrite(group, help="replace the report already in --out (once the new one is complete)")
     group.add_argument("--onnx", default=None, help="test this FP32 meanloc ONNX instead of the built-in model")
     group.add_argument("--qdq-onnx", default=None, help="with --onnx: its Q/DQ ONNX (for int8-explicit)")
     group.add_argument("--calib-cache", default=None, help="with --onnx: its calibration cache (for int8-implicit)")

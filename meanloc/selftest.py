@@ -126,8 +126,7 @@ def _inputs(
         report["model"] = {"source": str(model.path), "sha256": model.sha256, "opset": model.opset,
                            "preset": model.identity.preset, "embed_dim": model.embed_dim}
         return SelftestInputs(model.path, Path(qdq) if qdq else None, Path(cache) if cache else None, "user ONNX")
-    from meanloc.calibration.cache import build_cache, write_calibration_cache
-    from meanloc.calibration.onnx_tensors import value_names
+    from meanloc.runtime.calibration_cache import build_cache, value_names, write_calibration_cache
     from meanloc.runtime.onnx_file import parse_onnx_model
     from meanloc.runtime.trt_api import version_tuple
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 from typing import Any, Dict, Iterator, List, Optional
 
+from meanloc.cli_args import add_batch_size, add_model, add_out, add_overwrite, add_progress, add_threads
 from meanloc.errors import MeanlocError
 
 
@@ -20,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="embed satellite tiles into a bank (resumable; under `torchrun --nproc-per-node N -m meanloc "
         "bank build ...` the ranks share the work)",
     )
-    build.add_argument("--model", required=True, help="embedding model: .onnx, .engine or a checkpoint")
+    add_model(build, help="embedding model: .onnx, .engine or a checkpoint")
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--orthophoto", help="georeferenced GeoTIFF to cut into north-up tiles")
     source.add_argument("--tiles-dir", help="folder of ready-made tile images (needs --tiles-csv)")
@@ -28,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tiles-csv",
         help="CSV or JSON listing the tiles: id, path, center_lat, center_lon, tl/tr/br/bl _lat/_lon[, gsd]",
     )
-    build.add_argument("--out", required=True, help="bank folder to write")
+    add_out(build, help="bank folder to write")
     build.add_argument(
         "--tile-m", type=float, default=None,
         help="tile side in metres at scale 1 (default: the ground square a pose-aware model was trained on, else 200)"
@@ -45,21 +46,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--min-valid", type=float, default=0.5, help="skip tiles with less valid data (default 0.5)"
     )
-    build.add_argument("--batch", type=int, default=32, help="tiles per inference batch (default 32)")
+    add_batch_size(build, 32, help="tiles per inference batch (default 32)", old="--batch")
     build.add_argument(
         "--shard-size", type=int, default=4096, help="tiles per resumable shard (default 4096)"
     )
     build.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
-    build.add_argument("--overwrite", action="store_true",
-                       help="replace the bank (or unfinished build) in --out; the old bank stays usable until the "
-                       "new one is written")
+    add_overwrite(build, help="replace the bank (or unfinished build) in --out; the old bank stays usable until the "
+                  "new one is written")
     build.add_argument("--skip-bad-images", action="store_true",
                        help="--tiles-dir: skip (and count) damaged, truncated or unreadable tile images instead of "
                        "refusing to build")
-    build.add_argument(
-        "--threads", type=int, default=None,
-        help="CPU threads for ONNX Runtime/PyTorch (default: all cores, shared evenly by torchrun's ranks)",
-    )
+    add_threads(build, help="CPU threads for ONNX Runtime/PyTorch (default: all cores, shared evenly by torchrun's ranks)")
     build.add_argument(
         "--workers", type=int, default=None,
         help="threads that read, cut and preprocess tiles ahead of inference (default: up to 4; 0 = none)",
@@ -67,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--backend", default="auto", help="inference backend: auto, onnxruntime, tensorrt, torch"
     )
-    build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_progress(build)
     build.add_argument(
         "--no-index", action="store_true", help="skip the compressed search index (add it later: bank index)"
     )
@@ -81,8 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     features.add_argument("bank", help="bank folder")
     features.add_argument("--orthophoto", required=True, help="the GeoTIFF the bank was built from")
     features.add_argument("--resume", action="store_true", help="continue an interrupted feature build")
-    features.add_argument("--overwrite", action="store_true", help="replace a layer extracted differently")
-    features.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_overwrite(features, help="replace a layer extracted differently")
+    add_progress(features)
     _local_feature_options(features)
     features.set_defaults(handler=_features)
 
@@ -90,14 +87,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "index", help="add the compressed global-search index to a bank (done by build and merge)"
     )
     index.add_argument("bank", help="bank folder")
-    index.add_argument("--overwrite", action="store_true", help="rebuild an existing index")
+    add_overwrite(index, help="rebuild an existing index")
     index.set_defaults(handler=_index)
 
     info = sub.add_parser("info", help="summarise a bank (model, size, area)")
     info.add_argument("bank", help="bank folder")
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     info.add_argument("--tiles-csv", metavar="FILE", help="also export the tile metadata table as CSV")
-    info.add_argument("--overwrite", action="store_true", help="replace an existing --tiles-csv file")
+    add_overwrite(info, help="replace an existing --tiles-csv file")
     info.set_defaults(handler=_info)
 
     verify = sub.add_parser("verify", help="check hashes, shapes and metadata of a bank (exit 1 on failure)")
@@ -106,7 +103,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     merge = sub.add_parser("merge", help="merge banks of the same model into one (tiles re-numbered)")
     merge.add_argument("banks", nargs="+", help="bank folders, in order")
-    merge.add_argument("--out", required=True, help="merged bank folder to write")
+    add_out(merge, help="merged bank folder to write")
     merge.add_argument("--no-index", action="store_true", help="skip the compressed search index")
     merge.set_defaults(handler=_merge)
 
@@ -167,7 +164,7 @@ def _build(args: argparse.Namespace) -> int:
     ranks.pin_gpu()  # before any CUDA library starts: one GPU per rank
     threads = args.threads if args.threads is not None else (ranks.cpu_threads() if ranks.distributed else None)
     options = {
-        "batch": args.batch,
+        "batch": args.batch_size,
         "shard_size": args.shard_size,
         "resume": args.resume,
         "progress": not args.no_progress,
@@ -204,7 +201,7 @@ def _build_locked(args: argparse.Namespace, options: Dict[str, Any], threads: Op
     from .bank import build_bank_from_orthophoto, build_bank_from_tiles
 
     local_features = None if args.no_local_features or not args.orthophoto else _layer_params(args)
-    with open_backend(args.model, backend=args.backend, threads=threads, max_batch=args.batch) as backend:
+    with open_backend(args.model, backend=args.backend, threads=threads, max_batch=args.batch_size) as backend:
         if args.orthophoto:
             result = build_bank_from_orthophoto(
                 args.orthophoto,

@@ -16,15 +16,11 @@ from meanloc.errors import ArtifactMismatchError, MeanlocError
 
 from .onnx_contract import (
     CHECKPOINT_SHA256_KEY,
-    COLOR_ORDER_KEY,
     EMBED_DIM_KEY,
-    INPUT_SIZE_KEY,
-    MEAN_KEY,
     PRECISION_KEY,
     PREPROCESS_KEY,
     PRESET_KEY,
     QUERY_VIEW_KEY,
-    STD_KEY,
     VERSION_KEY,
 )
 from .preprocess import PreprocessSpec
@@ -70,14 +66,12 @@ class ModelIdentity:
             raise MeanlocError("invalid model identity in manifest: missing or bad field {}".format(exc)) from None
 
     def to_onnx_metadata(self) -> Dict[str, str]:
-        """String props for `onnx.ModelProto.metadata_props` (the checkpoint's side of the identity)."""
+        """String props for `onnx.ModelProto.metadata_props` (the checkpoint's side of the identity).
+
+        The preprocessing, input size included, is recorded once: the JSON spec under PREPROCESS_KEY."""
         spec = self.preprocess
         return {
             PRESET_KEY: self.preset,
-            INPUT_SIZE_KEY: str(spec.size),
-            COLOR_ORDER_KEY: spec.color_order,
-            MEAN_KEY: json.dumps(list(spec.mean)),
-            STD_KEY: json.dumps(list(spec.std)),
             EMBED_DIM_KEY: str(self.embed_dim),
             CHECKPOINT_SHA256_KEY: self.checkpoint_sha256,
             PREPROCESS_KEY: json.dumps(spec.to_dict(), sort_keys=True),

@@ -11,6 +11,14 @@ import signal
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from meanloc.cli_args import (
+    add_model,
+    add_overwrite,
+    add_threads,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from meanloc.errors import EXIT_INTERRUPTED, MeanlocError
 
 SOURCE_HELP = ("video file, camera index (0), rtsp://... URL, GStreamer pipeline string (contains '!', e.g. the "
@@ -40,54 +48,31 @@ def _lat_lon_box(text: str) -> Tuple[float, float, float, float]:
     return south_west + north_east
 
 
-def _positive(kind: type):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("expected a positive number, got {!r}".format(text)) from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be > 0, got {!r}".format(text))
-        return value
-
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be >= 0, got {!r}".format(text))
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="embedding model: .onnx (ONNX Runtime) or .engine (TensorRT)")
+    add_model(parser, help="embedding model: .onnx (ONNX Runtime) or .engine (TensorRT)")
     parser.add_argument("--bank", required=True, help="satellite embedding bank folder (`meanloc bank build`)")
     parser.add_argument("--source", required=True, help=SOURCE_HELP)
     parser.add_argument("--bank-check", default="auto", metavar="auto|full|fast",
                         help="integrity check when opening the bank: every row always, file hashes for banks up to "
                         "512 MiB (auto), always (full) or never (fast)")
     parser.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime or tensorrt")
-    parser.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for ONNX Runtime")
+    add_threads(parser, help="CPU threads for ONNX Runtime")
     parser.add_argument("--search-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where the bank search runs (cuda needs CuPy)")
-    parser.add_argument("--frames", type=_positive(int), default=None,
+    parser.add_argument("--frames", type=positive_int, default=None,
                         help="stop after this many processed frames (synthetic flights: frames to render, default 100)")
     parser.add_argument("--prior", type=_lat_lon, default=None, metavar="LAT,LON",
                         help="initial position prior for the first search window")
-    parser.add_argument("--window-m", type=_positive(float), default=None, metavar="R",
+    parser.add_argument("--window-m", type=positive_float, default=None, metavar="R",
                         help="search only tiles within R metres of the prior / filter prediction (R grows with the "
                         "time since the last confident fix); default: global search")
     parser.add_argument("--window-drift-mps", type=float, default=5.0,
                         help="window growth per second without a confident fix (m/s)")
-    parser.add_argument("--window-max-m", type=_positive(float), default=3000.0,
+    parser.add_argument("--window-max-m", type=positive_float, default=3000.0,
                         help="fall back to a global search once the window reaches this radius")
-    parser.add_argument("--window-max-low-conf", type=_positive(int), default=10,
+    parser.add_argument("--window-max-low-conf", type=positive_int, default=10,
                         help="fall back to a global search after this many unconfident frames in a row")
-    parser.add_argument("--topk", type=_positive(int), default=5, help="tiles used by the weighted estimator")
+    parser.add_argument("--topk", type=positive_int, default=5, help="tiles used by the weighted estimator")
     parser.add_argument("--estimator", choices=("top1", "weighted"), default="top1",
                         help="position: top-1 tile centre, or similarity-weighted centres of the top-k adjacent tiles")
     parser.add_argument("--min-margin", type=float, default=0.02,
@@ -96,10 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not rotate frames that carry a heading (synthetic flights) to north-up before embedding")
     camera = parser.add_argument_group(
         "camera facts for pose-aware models, used when frames do not carry them (video files, plain cameras)")
-    camera.add_argument("--camera-hfov", type=_positive(float), default=None, metavar="DEG",
+    camera.add_argument("--camera-hfov", type=positive_float, default=None, metavar="DEG",
                         help="horizontal field of view of the lens")
     camera.add_argument("--camera-pitch", type=float, default=None, metavar="DEG", help="fixed gimbal pitch from nadir")
-    camera.add_argument("--altitude-agl", type=_positive(float), default=None, metavar="M", help="height above ground")
+    camera.add_argument("--altitude-agl", type=positive_float, default=None, metavar="M", help="height above ground")
     camera.add_argument("--heading", type=float, default=None, metavar="DEG",
                         help="heading of the optical axis, clockwise from north")
     camera.add_argument("--telemetry", default=None, metavar="URL",
@@ -109,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     camera.add_argument("--camera-mount", choices=("body", "gimbal"), default="body",
                         help="with --telemetry: camera fixed to the airframe (tilted --camera-pitch from nadir) or on a "
                              "gimbal that reports its attitude")
-    camera.add_argument("--telemetry-max-age", type=_positive(float), default=1.0, metavar="S",
+    camera.add_argument("--telemetry-max-age", type=positive_float, default=1.0, metavar="S",
                         help="telemetry older than this counts as unknown")
     camera.add_argument("--camera-latency-ms", type=float, default=0.0, metavar="MS",
                         help="with --telemetry: time from a frame's exposure to reading it; the attitude is "
@@ -122,27 +107,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fine.add_argument("--refine", choices=("auto", "off"), default="auto",
                       help="auto (default): verify every frame with local features when the bank has a feature "
                       "layer, and use the verified fit as the fix; off: retrieval fixes only")
-    fine.add_argument("--refine-min-inliers", type=_positive(int), default=15, metavar="N",
+    fine.add_argument("--refine-min-inliers", type=positive_int, default=15, metavar="N",
                       help="distinct inliers a fit needs to count as verified (default 15)")
-    fine.add_argument("--heading-std-deg", type=_non_negative, default=None, metavar="DEG",
+    fine.add_argument("--heading-std-deg", type=non_negative_float, default=None, metavar="DEG",
                       help="heading error of the frames' attitude (1 sigma; widens the look-at-to-vehicle offset; "
                       "default: a synthetic flight's --sensor-noise, else 2)")
-    fine.add_argument("--pitch-std-deg", type=_non_negative, default=None, metavar="DEG",
+    fine.add_argument("--pitch-std-deg", type=non_negative_float, default=None, metavar="DEG",
                       help="camera pitch error of the frames' attitude (1 sigma; default: --sensor-noise, else 0.5)")
-    fine.add_argument("--altitude-std-m", type=_non_negative, default=None, metavar="M",
+    fine.add_argument("--altitude-std-m", type=non_negative_float, default=None, metavar="M",
                       help="height-above-ground error of the frames' attitude (1 sigma; default: --sensor-noise, "
                       "else 2)")
     parser.add_argument("--no-filter", action="store_true",
                         help="output raw per-frame fixes instead of the Kalman estimate (both are logged)")
-    parser.add_argument("--gate-chi2", type=_positive(float), default=13.82,
+    parser.add_argument("--gate-chi2", type=positive_float, default=13.82,
                         help="Mahalanobis gate (chi-square, 2 dof; 13.82 = 99.9 %%) for rejecting outlier fixes")
-    parser.add_argument("--reinit-after", type=_positive(int), default=5,
+    parser.add_argument("--reinit-after", type=positive_int, default=5,
                         help="jump recovery: consecutive rejected fixes considered (the last N)")
-    parser.add_argument("--reinit-consensus", type=_positive(int), default=3,
+    parser.add_argument("--reinit-consensus", type=positive_int, default=3,
                         help="re-initialise the filter when this many of those agree within 100 m")
-    parser.add_argument("--target-fps", type=_positive(float), default=None,
+    parser.add_argument("--target-fps", type=positive_float, default=None,
                         help="skip frames to hold this processing rate")
-    parser.add_argument("--folder-fps", type=_positive(float), default=1.0,
+    parser.add_argument("--folder-fps", type=positive_float, default=1.0,
                         help="frame rate assumed for image folders (timestamps)")
     parser.add_argument("--jsonl", default=None, metavar="-|FILE",
                         help="JSON Lines, one record per frame ('-' = stdout; the default when no sink is given)")
@@ -151,21 +136,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mavlink", default=None, metavar="URL",
                         help="send GPS_INPUT to an autopilot, e.g. udpout:127.0.0.1:14550 (ArduPilot: GPS1_TYPE=14)")
     parser.add_argument("--summary", default=None, metavar="FILE", help="write the run summary as JSON")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (each only once this run has produced its replacement); "
-                        "or put {time} in a file name, which becomes the start time (UTC), e.g. flight-{time}.jsonl")
+    add_overwrite(parser, help="replace existing output files (each only once this run has produced its replacement); "
+                  "or put {time} in a file name, which becomes the start time (UTC), e.g. flight-{time}.jsonl")
     flight = parser.add_argument_group("synthetic flights (--source synthetic:ORTHO.tif)")
-    flight.add_argument("--flight-speed", type=_positive(float), default=10.0, help="ground speed (m/s)")
-    flight.add_argument("--flight-altitude", type=_positive(float), default=150.0, help="altitude above ground (m)")
+    flight.add_argument("--flight-speed", type=positive_float, default=10.0, help="ground speed (m/s)")
+    flight.add_argument("--flight-altitude", type=positive_float, default=150.0, help="altitude above ground (m)")
     flight.add_argument("--flight-pitch", type=float, default=0.0, help="camera pitch from nadir (degrees)")
-    flight.add_argument("--flight-hfov", type=_positive(float), default=70.0, help="camera horizontal field of view (deg)")
-    flight.add_argument("--flight-leg-m", type=_positive(float), default=None,
+    flight.add_argument("--flight-hfov", type=positive_float, default=70.0, help="camera horizontal field of view (deg)")
+    flight.add_argument("--flight-leg-m", type=positive_float, default=None,
                         help="lawnmower leg length (default: the longest that fits the area, at most 600 m)")
     flight.add_argument("--sensor-noise", default="ideal", choices=("ideal", "good-gimbal", "cheap-imu"),
                         help="attitude and height errors the frames report (rendered with the true pose): ideal; "
                              "good-gimbal (heading 2 deg, pitch/roll 0.5 deg, height 2 m sigma); cheap-imu (heading "
                              "8 deg sigma + 5 deg bias, pitch/roll 2 deg, height 10 m)")
-    flight.add_argument("--telemetry-hz", type=_positive(float), default=20.0,
+    flight.add_argument("--telemetry-hz", type=positive_float, default=20.0,
                         help="rate of the simulated attitude stream, interpolated to each frame's time")
     flight.add_argument("--flight-terrain-m", type=float, default=0.0,
                         help="rolling terrain of about this relief under the flight (reported heights are above "

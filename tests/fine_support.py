@@ -12,10 +12,11 @@ from localize_support import PoolingBackend
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
 from meanloc.runtime.bank.feature_build import LayerParams
-from meanloc.runtime.geo.appearance import apply_appearance
-from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, render_view
+from meanloc.runtime.geo.camera import CameraIntrinsics, Pose
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude
+from meanloc.runtime.sim.appearance import apply_appearance
+from meanloc.runtime.sim.render import render_view
 from meanloc.training.data.synth.world import WorldSpec, generate_world_pair
 
 CAMERA = CameraIntrinsics(640, 480, 70.0)

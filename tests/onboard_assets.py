@@ -33,7 +33,8 @@ def make_fine_assets(out_dir: Path, model: Path) -> Path:
     from meanloc.runtime.backends import open_backend
     from meanloc.runtime.bank.build import build_bank_from_orthophoto
     from meanloc.runtime.bank.feature_build import LayerParams
-    from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, render_view
+    from meanloc.runtime.geo.camera import CameraIntrinsics, Pose
+    from meanloc.runtime.sim.render import render_view
     from meanloc.training.data.synth.world import WorldSpec, generate_world_pair
 
     folder = out_dir / "fine"

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, render_view
+from meanloc.runtime.geo.camera import CameraIntrinsics, Pose
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude
-from meanloc.runtime.localize.synthetic import SENSOR_PRESETS
 from meanloc.runtime.query_view import FILLS, QueryView, prepare_query
+from meanloc.runtime.sim.render import render_view
+from meanloc.runtime.sim.sensors import SENSOR_PRESETS
 from meanloc.training.attitude_noise import MARGIN, ViewGeometry, patch_homography, resample_patches
 
 

@@ -21,7 +21,6 @@ SCRIPT = textwrap.dedent(
     import meanloc.runtime.backends.onnxruntime_backend
     import meanloc.runtime.backends.select
     import meanloc.runtime.backends.tensorrt_backend
-    import meanloc.runtime.backends.torch_backend
     import meanloc.runtime.cuda_device
     import meanloc.runtime.doctor_cli as doctor_cli
     import meanloc.runtime.engine_sidecar

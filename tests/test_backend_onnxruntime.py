@@ -26,11 +26,11 @@ from meanloc.runtime.backends.onnxruntime_backend import (
     resolve_providers,
     tensorrt_provider_options,
 )
-from meanloc.runtime.backends.torch_backend import TorchBackend
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
 from meanloc.training.checkpoint import save_checkpoint
 from meanloc.training.model import build_model, resolve_config
+from meanloc.training.torch_backend import TorchBackend
 
 ALL_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

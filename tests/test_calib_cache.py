@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meanloc.calibration.cache import (
+from meanloc.errors import ArtifactMismatchError, MeanlocError
+from meanloc.runtime.calibration_cache import (
     build_cache,
     check_cache_names,
     parse_calibration_cache,
@@ -18,7 +19,6 @@ from meanloc.calibration.cache import (
     write_cache_manifest,
     write_calibration_cache,
 )
-from meanloc.errors import ArtifactMismatchError, MeanlocError
 
 REPO = Path(__file__).resolve().parents[1]
 PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3")
@@ -151,7 +151,7 @@ def test_cache_module_runs_on_python_38_without_numpy_torch_or_onnx(tmp_path):
     (package / "calibration").symlink_to(REPO / "calibration")
     script = (
         "import sys\n"
-        "from meanloc.calibration.cache import build_cache, parse_calibration_cache\n"
+        "from meanloc.runtime.calibration_cache import build_cache, parse_calibration_cache\n"
         "cache = build_cache({'images': 2.5}, '8.5')\n"
         "assert parse_calibration_cache(cache.to_text().encode(), 'x') == cache\n"
         "assert not {'numpy', 'torch', 'onnx'} & set(sys.modules)\n"

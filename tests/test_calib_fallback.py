@@ -11,9 +11,9 @@ from onnx import numpy_helper
 
 from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.fallback import choose_fp32_fallback, max_fallback_nodes
-from meanloc.calibration.onnx_tensors import INT8_OP_TYPES
 from meanloc.calibration.qdq import quantize_for_cpu, quantize_for_tensorrt
 from meanloc.calibration.ranges import collect_ranges
+from meanloc.runtime.calibration_cache import INT8_OP_TYPES
 from meanloc.runtime.onnx_contract import QUANTIZATION_KEY
 
 # Fake model: quantizing a layer costs this much mean cosine, and costs add up.

@@ -10,14 +10,19 @@ import pytest
 from calib_support import export_nano_onnx, write_folder_tree, write_university_tree
 from onnx import TensorProto, helper, numpy_helper
 
-from meanloc.calibration.cache import check_cache_names, read_calibration_cache
 from meanloc.calibration.calibset import from_dataset, from_folder
-from meanloc.calibration.onnx_tensors import INT8_OP_TYPES, int8_activation_names, value_names
 from meanloc.calibration.pipeline import calibrate, open_calibration_dir
 from meanloc.calibration.qdq import quantize_for_cpu
 from meanloc.calibration.ranges import collect_ranges
 from meanloc.cli import main
 from meanloc.errors import EXIT_ARTIFACT_MISMATCH, EXIT_BAD_INPUT, ArtifactMismatchError, MeanlocError
+from meanloc.runtime.calibration_cache import (
+    INT8_OP_TYPES,
+    check_cache_names,
+    int8_activation_names,
+    read_calibration_cache,
+    value_names,
+)
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.preprocess import PreprocessSpec
 

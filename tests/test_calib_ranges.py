@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from onnxruntime.quantization import CalibrationMethod, TensorsData
 
-from meanloc.calibration.cache import build_cache
 from meanloc.calibration.ranges import TensorRanges, check_method
 from meanloc.errors import MeanlocError
+from meanloc.runtime.calibration_cache import build_cache
 
 
 def _ranges(pairs):

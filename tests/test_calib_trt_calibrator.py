@@ -15,10 +15,10 @@ from calib_support import export_nano_onnx, write_folder_tree
 from export_fake_tensorrt import FakeTensorRTForWiringTests
 from fake_cuda_bindings import CUDA_MODULES, install_fake_gpu
 
-from meanloc.calibration.cache import build_cache, read_calibration_cache
 from meanloc.calibration.calibset import from_folder
-from meanloc.calibration.trt_calibrator import cache_only_calibrator, entropy_calibrator, raise_callback_error
 from meanloc.errors import MeanlocError, MissingDependencyError
+from meanloc.runtime.calibration_cache import build_cache, read_calibration_cache
+from meanloc.runtime.trt_calibrator import cache_only_calibrator, entropy_calibrator, raise_callback_error
 
 
 @pytest.fixture()

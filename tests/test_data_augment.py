@@ -9,7 +9,9 @@ import torch
 from data_support import make_university, write_corrupt
 
 from meanloc.errors import MeanlocError
-from meanloc.training.data import Pair, PairAugment, PairDataset, load_train_pairs
+from meanloc.training.augment import PairAugment
+from meanloc.training.data.splits import Pair, load_train_pairs
+from meanloc.training.pairs import PairDataset
 
 
 def half_bright(height=40, width=48):

@@ -7,7 +7,7 @@ import pytest
 from data_support import make_sues_raw, make_sues_split, make_university
 
 from meanloc.errors import MeanlocError
-from meanloc.training.data import load_eval_split, load_train_pairs
+from meanloc.training.data.splits import load_eval_split, load_train_pairs
 
 
 @pytest.fixture(scope="module")

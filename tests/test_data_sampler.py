@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from meanloc.errors import MeanlocError
-from meanloc.training.data import ClassUniqueBatchSampler
-from meanloc.training.data.sampler import class_unique_batches
+from meanloc.training.sampler import ClassUniqueBatchSampler, class_unique_batches
 
 
 def reference_shuffle(pairs, pool_order, batch_size):

@@ -9,9 +9,10 @@ from meanloc.runtime.backends.base import EmbeddingBackend
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.images import read_image
 from meanloc.runtime.preprocess import PreprocessSpec, preprocess_batch
-from meanloc.training.data import Pair, PairDataset
-from meanloc.training.data.augment import view_pipeline
+from meanloc.training.augment import view_pipeline
+from meanloc.training.data.splits import Pair
 from meanloc.training.evaluate import extract_embeddings
+from meanloc.training.pairs import PairDataset
 
 SIZE = 32
 

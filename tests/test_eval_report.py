@@ -105,11 +105,14 @@ def test_flip_tta_sums_original_and_flipped_embeddings(tmp_path):
 def test_torch_model_path_restores_training_mode(university):
     torch = pytest.importorskip("torch")
     from meanloc.training.model import build_model, resolve_config
+    from meanloc.training.torch_backend import TorchBackend
 
     torch.manual_seed(0)
     model = build_model(resolve_config("mean-nano"))
     model.train()
-    report = evaluate_model(model, university, "university", directions=("d2s",), flip_tta=True, batch_size=8)
+    with TorchBackend.for_model(model) as backend:
+        assert not model.training  # the exported embedder runs in eval mode (LayerNorm/dropout)
+        report = evaluate_model(backend, university, "university", directions=("d2s",), flip_tta=True, batch_size=8)
     assert model.training
     assert report["preprocess"]["size"] == 64 and report["model"]["preset"] == "mean-nano"
     for row in report["results"]:
@@ -158,6 +161,49 @@ def test_cli_onnx_matches_checkpoint(university, nano_checkpoint, tmp_path):
     for a, b in zip(reports["--checkpoint"], reports["--onnx"]):
         assert a["metrics"]["R@1"] == b["metrics"]["R@1"]
         assert a["metrics"]["AP"] == pytest.approx(b["metrics"]["AP"], abs=1e-3)
+
+
+def test_evaluation_embeds_with_the_exported_graph(university, tmp_path):
+    """Training-time validation, `meanloc eval --checkpoint` and the exported ONNX embed every
+    dataset image alike (<= 1e-5): evaluation runs the exported embedder, not a twin of it."""
+    torch = pytest.importorskip("torch")
+    from meanloc.export.onnx_export import export_onnx
+    from meanloc.runtime.backends import open_backend
+    from meanloc.training.checkpoint import save_checkpoint
+    from meanloc.training.data.splits import load_eval_split
+    from meanloc.training.model import build_model, resolve_config
+    from meanloc.training.torch_backend import TorchBackend
+
+    torch.manual_seed(3)
+    config = resolve_config("mean-nano")
+    model = build_model(config)
+    with torch.no_grad():  # non-trivial LayerNorm affines, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    checkpoint = tmp_path / "nano.pt"
+    save_checkpoint(checkpoint, model, config)
+    export_onnx(str(checkpoint), str(tmp_path / "nano.onnx"), parity=False)
+    split = load_eval_split(university, "university", "d2s", "test")
+    paths = split.gallery_paths + split.query_paths
+    model.train()  # as the trainer calls validation
+    backends = {"validation": TorchBackend.for_model(model), "eval --checkpoint": open_backend(str(checkpoint)),
+                "onnx": open_backend(str(tmp_path / "nano.onnx"), providers=["cpu"])}
+    embeddings = {}
+    for name, backend in backends.items():
+        with backend:
+            spec = backend.identity.preprocess
+            result = extract_embeddings(backend.embed, paths, spec, batch_size=4)
+            embeddings[name], kept = result.features, result.kept
+    assert model.training
+    assert embeddings["onnx"].shape == (len(kept), config.embed_dim) and len(kept) >= 6
+    for name in ("validation", "eval --checkpoint"):
+        assert np.abs(embeddings[name] - embeddings["onnx"]).max() <= 1e-5, name
+    with torch.no_grad():  # MEAN.embed is the same graph
+        batch = torch.from_numpy(preprocess_batch([read_image(paths[i]) for i in kept[:4]], spec))
+        direct = model.eval().embed(batch).numpy()
+    assert np.abs(direct - embeddings["onnx"][:4]).max() <= 1e-5
 
 
 @pytest.mark.parametrize(

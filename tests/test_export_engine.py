@@ -15,13 +15,13 @@ import torch
 from export_fake_tensorrt import MISSING_SCALE, FakeTensorRTForWiringTests, Severity
 from fake_cuda_bindings import install_fake_gpu
 
-from meanloc.calibration.cache import build_cache, write_calibration_cache
 from meanloc.errors import ArtifactMismatchError, MeanlocError, MissingDependencyError
 from meanloc.export.engine_build import build_engine
 from meanloc.export.engine_cache import engine_cache_fields, engine_cache_key
 from meanloc.export.onnx_export import export_model_onnx
 from meanloc.export.onnx_graph import fp32_sensitive_nodes
 from meanloc.runtime.artifacts import sha256_file
+from meanloc.runtime.calibration_cache import build_cache, write_calibration_cache
 from meanloc.runtime.engine_sidecar import EngineSidecar
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.onnx_file import load_embedding_onnx

@@ -92,7 +92,10 @@ def test_opset17_has_native_layernorm_identity_and_dynamic_batch(exports, checkp
     assert loaded.identity == result.identity
     expected_identity.check_compatible(loaded.identity, "onnx vs checkpoint")
     assert loaded.metadata["meanloc.opset"] == "17" and loaded.metadata["meanloc.layernorm"] == "native"
-    assert loaded.metadata["meanloc.version"] and loaded.metadata["meanloc.color_order"] == "RGB"
+    assert loaded.metadata["meanloc.version"] and json.loads(loaded.metadata["meanloc.preprocess"])["color_order"] == "RGB"
+    # The preprocessing, input size included, is recorded once (the JSON spec), not also as loose keys.
+    assert json.loads(loaded.metadata["meanloc.preprocess"])["size"] == 64
+    assert not {"meanloc.input_size", "meanloc.mean", "meanloc.std", "meanloc.color_order"} & set(loaded.metadata)
 
     proto = onnx.load(str(result.path))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

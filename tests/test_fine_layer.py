@@ -16,7 +16,7 @@ from meanloc.runtime.bank.build import build_bank_from_orthophoto
 from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
 from meanloc.runtime.bank.feature_layer import DESCRIPTORS_FILE, KEYPOINTS_FILE
 from meanloc.runtime.bank.merge import merge_banks
-from meanloc.runtime.bank.store import verify_bank
+from meanloc.runtime.bank.verify import verify_bank
 from meanloc.runtime.features.extract import FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 

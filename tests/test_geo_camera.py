@@ -15,9 +15,9 @@ from meanloc.runtime.geo.camera import (
     image_rays,
     max_pitch_for,
     project_ground,
-    render_view,
 )
 from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.sim.render import render_view
 
 INTR = CameraIntrinsics(64, 48, 70.0)
 X0, Y0, GSD = 400_000.0, 5_000_000.0, 1.0

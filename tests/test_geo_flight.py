@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.geo import appearance
-from meanloc.runtime.geo.appearance import apply_appearance
 from meanloc.runtime.geo.camera import CameraIntrinsics
-from meanloc.runtime.geo.flight import plan_flight, render_flight, simulate_prior
 from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.sim import appearance
+from meanloc.runtime.sim.appearance import apply_appearance
+from meanloc.runtime.sim.flight import plan_flight, render_flight, simulate_prior
 
 INTR = CameraIntrinsics(64, 48, 70.0)
 

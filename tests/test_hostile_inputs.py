@@ -54,7 +54,7 @@ from meanloc.errors import (
 from meanloc.runtime.artifacts import read_jsonl
 from meanloc.runtime.backends import open_backend
 from meanloc.runtime.bank.build import build_bank_from_tiles
-from meanloc.runtime.bank.store import verify_bank
+from meanloc.runtime.bank.verify import verify_bank
 
 ROOT = Path(__file__).resolve().parents[1]
 CORNERS = ["47.001,8.0", "47.001,8.002", "47.0,8.002", "47.0,8.0"]

@@ -19,10 +19,11 @@ from localize_support import (
 from meanloc.errors import ArtifactMismatchError
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import Frame, FrameSource
 from meanloc.runtime.localize.geodesy import geodesic_distance_m
 from meanloc.runtime.localize.loop import LocalizationLoop, LoopConfig, RateLimiter
 from meanloc.runtime.localize.sinks import GeoJsonTrackSink, JsonlSink, Sink
-from meanloc.runtime.localize.sources import Frame, FrameSource, open_source
+from meanloc.runtime.localize.sources import open_source
 from meanloc.runtime.localize.window import WindowConfig
 
 N_FRAMES = 30

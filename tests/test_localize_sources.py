@@ -6,14 +6,14 @@ import pytest
 from localize_support import write_video
 
 from meanloc.errors import MeanlocError
+from meanloc.runtime.localize.frames import SourceLostError
 from meanloc.runtime.localize.sources import (
     CaptureSource,
     ImageFolderSource,
     ReconnectPolicy,
-    SourceLostError,
-    gstreamer_available,
     open_source,
 )
+from meanloc.runtime.trt_env import opencv_has_gstreamer
 
 
 def _frames(n, size=48):
@@ -110,7 +110,7 @@ def test_file_source_skips_undecodable_frames_before_the_end():
     ("nvarguscamerasrc ! appsink", "GStreamer"),
 ])
 def test_bad_sources_fail_with_one_line(spec, message):
-    if "!" in spec and gstreamer_available():
+    if "!" in spec and opencv_has_gstreamer(cv2.getBuildInformation()):
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(MeanlocError, match=message) as info:
         open_source(spec)

@@ -65,14 +65,16 @@ def test_block_zero_disables_part_heads():
     assert len(out.logits) == 1
 
 
-def test_embedder_equals_model_embed_and_is_unit_norm():
+def test_model_embed_is_the_exported_embedder_and_is_unit_norm():
     model = build_model(resolve_config("mean-nano")).eval()
     images = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         embedding = model.embedder()(images)
         reference = model.embed(images)
+        global_feature, _ = model.model_1.convnext(images)  # the training branches' retrieval feature
     assert embedding.shape == (4, 128)
-    torch.testing.assert_close(embedding, reference, rtol=1e-5, atol=1e-6)
+    assert torch.equal(embedding, reference)
+    torch.testing.assert_close(embedding, torch.nn.functional.normalize(global_feature, dim=1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(4))
 
 

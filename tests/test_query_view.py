@@ -17,15 +17,16 @@ from localize_support import (
 
 from meanloc.errors import ArtifactMismatchError, MeanlocError
 from meanloc.runtime.bank.bank import SatelliteBank
-from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, render_view
+from meanloc.runtime.geo.camera import CameraIntrinsics, Pose
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude, rectify_to_ground
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import Frame, FrameSource
 from meanloc.runtime.localize.loop import CameraDefaults, LocalizationLoop, LoopConfig
-from meanloc.runtime.localize.sources import Frame, FrameSource
 from meanloc.runtime.preprocess import PreprocessSpec
 from meanloc.runtime.query_view import QueryView, prepare_query
+from meanloc.runtime.sim.render import render_view
 from meanloc.training.data.query_images import dataset_query_view, read_query_image
 
 CAMERA = CameraIntrinsics(160, 120, 70.0)
@@ -173,9 +174,10 @@ def test_evaluating_a_pose_aware_model_on_data_without_poses_is_one_clear_error(
 
     from meanloc.training.evaluate import evaluate_model
     from meanloc.training.model import build_model, resolve_config
+    from meanloc.training.torch_backend import TorchBackend
 
     make_university_test(tmp_path / "test")
     model = build_model(resolve_config("mean-nano", query_ground_side_m=200.0))
-    with pytest.raises(MeanlocError, match="no pose sidecar") as error:
-        evaluate_model(model, tmp_path, dataset="university", directions=("d2s",))
+    with TorchBackend.for_model(model) as backend, pytest.raises(MeanlocError, match="no pose sidecar") as error:
+        evaluate_model(backend, tmp_path, dataset="university", directions=("d2s",))
     assert "\n" not in str(error.value)

@@ -10,9 +10,9 @@ from calib_support import export_nano_onnx, write_university_tree
 
 from meanloc.calibration.calibset import from_dataset
 from meanloc.calibration.pipeline import calibrate
+from meanloc.calibration.precision_report import build_precision_report
 from meanloc.cli import main
 from meanloc.errors import ArtifactMismatchError, MeanlocError
-from meanloc.export.precision_report import build_precision_report
 from meanloc.runtime.artifacts import new_manifest
 from meanloc.runtime.engine_sidecar import ENGINE_SIDECAR_KIND
 from meanloc.runtime.images import read_image

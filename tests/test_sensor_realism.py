@@ -12,12 +12,11 @@ from meanloc.runtime.geo.camera import (
     CameraIntrinsics,
     Pose,
     camera_attitude_from_body,
-    render_view,
     rotation_world_to_camera,
 )
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude, rectify_to_ground
-from meanloc.runtime.geo.terrain import Terrain, synthetic_terrain
+from meanloc.runtime.geo.terrain import Terrain
 from meanloc.runtime.localize.synthetic import (
     SENSOR_PRESETS,
     SyntheticFlightOptions,
@@ -26,6 +25,8 @@ from meanloc.runtime.localize.synthetic import (
 )
 from meanloc.runtime.localize.telemetry import AttitudeHistory, TelemetryState
 from meanloc.runtime.localize.terrain_height import DemHeightSource
+from meanloc.runtime.sim.render import render_view
+from meanloc.runtime.sim.terrain import synthetic_terrain
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.geo.rectify import CameraAttitude
 from meanloc.runtime.identity import ModelIdentity
 from meanloc.runtime.localize.estimate import EstimatorConfig
+from meanloc.runtime.localize.frames import Frame, FrameSource
 from meanloc.runtime.localize.loop import CameraDefaults, LocalizationLoop, LoopConfig
-from meanloc.runtime.localize.sources import Frame, FrameSource
 from meanloc.runtime.localize.telemetry import (
     GIMBAL_YAW_IN_VEHICLE_FRAME,
     GIMBAL_YAW_LOCK,

@@ -61,3 +61,41 @@ def test_cli_typo_in_yaml_exits_2_with_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--print-config"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("meanloc: error:") and "did you mean 'warmup_ratio'" in err and "\n" not in err
+
+
+def test_input_size_is_derived_once_from_the_options_or_the_preset():
+    from meanloc.training.config import input_px
+
+    assert input_px(build_config(cli_values={"dataset": "university", "data_root": "x"})) == 384  # mean-paper
+    assert input_px(build_config(cli_values={"dataset": "university", "data_root": "x", "preset": "mean-nano"})) == 64
+    assert input_px(build_config(cli_values={"dataset": "university", "data_root": "x", "img_size": 96})) == 96
+
+
+def test_resume_continues_the_checkpoint_config_and_refuses_a_contradicting_command_line():
+    from meanloc.training.config import resumed_config
+
+    recorded = build_config(cli_values={"dataset": "synthetic", "data_root": "x", "lr": 0.005, "img_size": 48}).to_dict()
+    manifest = {"train_config": recorded, "model_config": {"img_size": 48}}
+    # Options not stated again are the checkpoint's (not the recipe's); where and how long it runs may change.
+    resumed = resumed_config({"resume": "last.pt", "data_root": "y", "max_steps": 7}, manifest, "last.pt")
+    assert (resumed.lr, resumed.img_size, resumed.data_root, resumed.max_steps) == (0.005, 48, "y", 7)
+    assert resumed.resume == "last.pt"
+    resumed_config({"resume": "last.pt", "lr": 0.005, "preset": "mean-small"}, manifest, "last.pt")  # the same: fine
+    with pytest.raises(MeanlocError, match=r"--lr 0.002 \(the checkpoint: 0.005\); --preset 'mean-nano'") as error:
+        resumed_config({"resume": "last.pt", "lr": 0.002, "preset": "mean-nano"}, manifest, "last.pt")
+    assert "last.pt" in str(error.value) and "\n" not in str(error.value)
+    # Older checkpoints record no size in their train config: the model config's is the one trained.
+    legacy = {"train_config": {**recorded, "img_size": None}, "model_config": {"img_size": 48}}
+    with pytest.raises(MeanlocError, match=r"--img-size 64 \(the checkpoint: 48\)"):
+        resumed_config({"resume": "x", "img_size": 64}, legacy, "x")
+    assert resumed_config({"resume": "x"}, {"model_config": {"img_size": 48}}, "x") is None  # weights only
+
+
+def test_resume_alone_continues_the_run_in_out():
+    from meanloc.cli import build_command_parser
+    from meanloc.training.config import cli_overrides
+
+    args = build_command_parser("train").parse_args(["--data", "x", "--out", "runs/a", "--resume"])
+    assert build_config(cli_values=cli_overrides(args)).resume == "runs/a/last.pt"
+    args = build_command_parser("train").parse_args(["--data", "x", "--resume", "other/best.pt"])
+    assert build_config(cli_values=cli_overrides(args)).resume == "other/best.pt"

@@ -3,7 +3,7 @@
 Onboard, a query is rectified with the attitude the sensors report, not the true one: a heading
 error turns the patch and moves it sideways, a pitch or height error moves and stretches it along
 the view, a roll error moves it across. Training on perfectly rectified patches leaves the model
-unprepared. This draws errors of a sensor preset (`runtime.localize.synthetic.SENSOR_PRESETS`,
+unprepared. This draws errors of a sensor preset (`runtime.sim.sensors.SENSOR_PRESETS`,
 the same numbers the synthetic flights use) and produces exactly the patch the noisy attitude
 would give, without re-reading the frame:
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, ground_homography
 from meanloc.runtime.geo.rectify import CameraAttitude
-from meanloc.runtime.localize.synthetic import SensorNoise
+from meanloc.runtime.sim.sensors import SensorNoise
 
 MARGIN = 1.3  # decoded patch side / query side
 

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.images import read_image
-from meanloc.runtime.localize.synthetic import SensorNoise
 from meanloc.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_bgr
 from meanloc.runtime.query_view import FILLS, FRAMES_AS_CAPTURED, QueryView, prepare_query
+from meanloc.runtime.sim.sensors import SensorNoise
 
 from .attitude_noise import MARGIN, ViewGeometry, noisy_attitude, patch_homography, resample_patches
 from .data.query_images import read_query_image, read_view_attitude

@@ -97,6 +97,14 @@ def read_weights_file(path: str | Path) -> Any:
         ) from None
 
 
+def read_checkpoint_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a meanloc checkpoint (model_config, train_config, ...); {} for other weight files."""
+    payload = read_weights_file(path)
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+        return dict(payload.get("manifest") or {})
+    return {}
+
+
 def load_checkpoint(path: str | Path, preset: str | None = None, img_size: int | None = None) -> LoadedCheckpoint:
     """Re-create the model a checkpoint describes (ours or official MEAN), strictly.
 
@@ -123,13 +131,18 @@ def load_checkpoint(path: str | Path, preset: str | None = None, img_size: int |
 
 def checkpoint_identity(loaded: LoadedCheckpoint) -> ModelIdentity:
     """The identity every artifact derived from this checkpoint carries (ONNX, engine, bank)."""
+    return model_identity(loaded.config, loaded.sha256)
+
+
+def model_identity(config: MeanConfig, checkpoint_sha256: str) -> ModelIdentity:
+    """A model's identity from its config: the one place the input size becomes a `PreprocessSpec`."""
     return ModelIdentity(
-        checkpoint_sha256=loaded.sha256,
-        preset=loaded.config.preset,
-        embed_dim=loaded.config.embed_dim,
-        preprocess=PreprocessSpec(size=loaded.config.img_size),
+        checkpoint_sha256=checkpoint_sha256,
+        preset=config.preset,
+        embed_dim=config.embed_dim,
+        preprocess=PreprocessSpec(size=config.img_size),
         precision="fp32",
-        query_view=loaded.config.query_view,
+        query_view=config.query_view,
     )
 
 

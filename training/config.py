@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meanloc.cli_args import (
+    DATASETS,
+    add_batch_size,
+    add_data,
+    add_hidden_alias,
+    add_out,
+    add_progress,
+    add_threads,
+)
 from meanloc.errors import MeanlocError
 
-DATASETS = ("university", "sues200", "synthetic")
 SYNTHETIC_STEPS = 1000  # the synthetic recipe's step budget
 SYNTHETIC_DEFAULT_PX = 64  # input side for synthetic datasets that recommend none
 SUES_ALTITUDES = (150, 200, 250, 300)
@@ -82,7 +90,8 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu or cuda")
     threads: int | None = _opt(None, "torch intra-op threads (default: torch's choice)")
     out_dir: str = _opt("runs/train", "output folder: checkpoints, metrics.jsonl, config.yaml")
-    resume: str = _opt("", "continue exactly from this checkpoint (model, optimiser, schedule, sampler, RNG)")
+    resume: str = _opt("", "continue exactly from this checkpoint (model, optimiser, schedule, sampler, RNG); "
+                       "alone: the interrupted run's last.pt in --out")
     checkpoint_every: int = _opt(0, "also save last.pt every N steps (0 = only at epoch ends)")
     selection: str = _opt("val", "best.pt by validation R@1 ('val') or the last epoch ('last'); never test")
     val_split: str = _opt("val", "split folder used for model selection")
@@ -189,6 +198,8 @@ def build_config(yaml_values: dict[str, Any] | None = None, cli_values: dict[str
         raise MeanlocError(f"unknown dataset '{dataset}'{_hint(dataset, DATASETS)}; choose from {', '.join(DATASETS)}")
     merged = {**RECIPES[dataset], **yaml_values, **cli_values}
     config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    if config.resume == RESUME_IN_OUT:
+        config.resume = str(Path(config.out_dir) / "last.pt")
     config.validate()
     return config
 
@@ -221,9 +232,36 @@ def _field_types(key: str) -> tuple[type, ...]:
     return (annotation,)
 
 
+# `--resume` alone: the last checkpoint of the run in --out.
+RESUME_IN_OUT = "<out>/last.pt"
+# Fields the command line spells with the shared vocabulary (meanloc/cli_args.py): field -> its option's dest.
+SHARED_OPTIONS = {"data_root": "data", "out_dir": "out", "progress": "no_progress"}
+
+
+def _add_shared_arguments(parser: argparse.ArgumentParser) -> set[str]:
+    """--data/--dataset, --out, --batch-size, --threads and --no-progress as every command spells them
+    (the old --data-root, --out-dir and --progress stay as hidden aliases); returns the fields they cover."""
+    data = add_data(parser, required=False, dataset_default=None, help=FIELDS["data_root"].metadata["help"])
+    add_hidden_alias(parser, "--data-root", data)
+    add_out(parser, required=False, help=FIELDS["out_dir"].metadata["help"], old="--out-dir")
+    add_batch_size(parser, None, help=FIELDS["batch_size"].metadata["help"])
+    add_threads(parser, help=FIELDS["threads"].metadata["help"])
+    add_progress(parser, help="hide the progress bar (rank 0 shows one by default)")
+    parser.set_defaults(no_progress=None)  # not given: the YAML's or the recipe's
+    parser.add_argument("--progress", dest="no_progress", action="store_const", const=False,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # As `bank build --resume`: alone, it continues the interrupted run in --out.
+    parser.add_argument("--resume", nargs="?", const=RESUME_IN_OUT, default=None, metavar="CHECKPOINT",
+                        help=FIELDS["resume"].metadata["help"])
+    return {"data_root", "dataset", "out_dir", "batch_size", "threads", "progress", "resume"}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--option-name` per field, default None (= not given, so YAML/recipe values stay)."""
+    shared = _add_shared_arguments(parser)
     for name, spec in FIELDS.items():
+        if name in shared:
+            continue
         kinds = _field_types(name)
         flag = "--" + name.replace("_", "-")
         help_text = spec.metadata["help"]
@@ -235,4 +273,57 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    """The fields given on the command line (None: not given)."""
+    values = {name: getattr(args, SHARED_OPTIONS.get(name, name), None) for name in FIELDS}
+    if values["progress"] is not None:
+        values["progress"] = not values["progress"]  # the option is --no-progress
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def input_px(config: TrainConfig) -> int:
+    """The model's input side, derived once for data and model: --img-size, else what a synthetic
+    dataset recommends, else the preset's."""
+    if config.img_size:
+        return config.img_size
+    if config.dataset == "synthetic":
+        from .data.query_images import dataset_input_px
+
+        return dataset_input_px(config.data_root, SYNTHETIC_DEFAULT_PX)
+    from .model import PRESETS
+
+    return PRESETS[config.preset].img_size
+
+
+# What a resumed run may set anew: where it reads and writes, when it stops, and what it shows. The
+# rest is the interrupted run's (its checkpoint's train_config); a schedule fixed by the interrupted
+# run stays, so --max-steps / --max-minutes only say where the resumed run stops.
+RESUMABLE = frozenset({
+    "resume", "max_steps", "max_minutes", "out_dir", "data_root", "num_workers", "threads", "device", "progress",
+    "tensorboard", "log_every", "checkpoint_every", "cache_images", "skip_bad_images", "eval_batch_size",
+    "val_every_min_steps",
+})
+
+
+def resumed_config(stated: dict[str, Any], manifest: dict[str, Any], source: str) -> TrainConfig | None:
+    """The checkpoint's config with the options `stated` (YAML and command line) that may change on a
+    resume; refuses any other stated option that contradicts the checkpoint. None: the checkpoint
+    records no train_config (the trainer says why it cannot be resumed)."""
+    recorded = {key: value for key, value in dict(manifest.get("train_config") or {}).items() if key in FIELDS}
+    if not recorded:
+        return None
+    if not recorded.get("img_size"):  # older checkpoints: the model config holds the size actually trained
+        recorded["img_size"] = dict(manifest.get("model_config") or {}).get("img_size")
+    conflicts = [
+        f"--{key.replace('_', '-')} {_coerce(key, value)!r} (the checkpoint: {recorded[key]!r})"
+        for key, value in sorted(stated.items())
+        if key not in RESUMABLE and key in recorded and _coerce(key, value) != recorded[key]
+    ]
+    if conflicts:
+        raise MeanlocError(
+            f"{source} was trained with other options: {'; '.join(conflicts)}. A resumed run continues its checkpoint's "
+            "config (only where it reads and writes, when it stops and what it shows may change); start a new run, "
+            "or use --init-checkpoint to start from its weights")
+    merged = {**recorded, **{key: value for key, value in stated.items() if key in RESUMABLE}}
+    config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    config.validate()
+    return config

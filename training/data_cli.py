@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from meanloc.cli_args import add_hidden_alias, add_out, add_overwrite
 from meanloc.errors import MeanlocError
 
 
@@ -21,9 +22,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            description="Render north-up satellite tiles and oblique drone views at the pinned "
                            "default difficulty (datasets-and-metrics.md §5.9) into a University-1652 tree with "
                            "spatially disjoint train/val/test, locations.csv and dataset.json.")
-    synth.add_argument("--out", required=True, help="output folder (written as <out>.partial, renamed when complete)")
-    synth.add_argument("--preset", default="demo", choices=("demo", "tiny", "paper"),
-                       help="size preset: demo (~1-2 min on 2 cores), tiny (seconds, for tests), paper (384 px)")
+    add_out(synth, help="output folder (written as <out>.partial, renamed when complete)")
+    preset = synth.add_argument("--data-preset", default="demo", choices=("demo", "tiny", "paper"),
+                                help="size preset: demo (~1-2 min on 2 cores), tiny (seconds, for tests), paper (384 px)")
+    add_hidden_alias(synth, "--preset", preset)
     synth.add_argument("--seed", type=int, default=None, help="random seed (world, locations, poses, appearance)")
     synth.add_argument("--orthophoto", default=None,
                        help="use this georeferenced orthophoto instead of the synthetic world (GeoTIFF, or an "
@@ -51,8 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--distractors", type=int, default=None,
                        help="extra test gallery classes without queries (synthetic)")
     synth.add_argument("--world-gsd-m", type=float, default=None, help="synthetic world ground sampling distance")
-    synth.add_argument("--altitude", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
-                       help="drone altitude range in metres (pinned: 150 300)")
+    altitude = synth.add_argument("--view-altitude", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                                  help="drone altitude range in metres (pinned: 150 300)")
+    add_hidden_alias(synth, "--altitude", altitude)
     synth.add_argument("--pitch", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                        help="pitch from nadir in degrees (pinned: 30 60)")
     synth.add_argument("--hfov", type=float, default=None, help="horizontal field of view in degrees (pinned: 70)")
@@ -71,7 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--no-appearance", action="store_true",
                        help="skip the colour/haze/blur/noise/JPEG changes (not the pinned difficulty)")
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
-    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_overwrite(synth, help="replace an existing output folder")
     synth.set_defaults(handler=_synth)
     parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
 
@@ -157,11 +160,11 @@ def _synth(args: argparse.Namespace) -> int:
                            "is generated to fit its train/val/test bands)")
     validity = args.view_validity or ("frame" if args.orthophoto is None else "query")
     config = preset_config(
-        args.preset, seed=args.seed, views_train=args.views_per_location, views_eval=args.eval_views,
+        args.data_preset, seed=args.seed, views_train=args.views_per_location, views_eval=args.eval_views,
         tile_px=args.tile_px, view_aspect=args.view_aspect, tile_side_m=args.tile_side_m, spacing_m=args.spacing_m, n_train=args.train,
         n_val=args.val, n_test=args.test, n_distractors=args.distractors, world_gsd_m=args.world_gsd_m,
         workers=args.workers, cross_source=False if args.same_source else None,
-        altitude_m=tuple(args.altitude) if args.altitude else None,
+        altitude_m=tuple(args.view_altitude) if args.view_altitude else None,
         pitch_deg=tuple(args.pitch) if args.pitch else None, hfov_deg=args.hfov,
         appearance=False if args.no_appearance else None, validity=validity,
         clearance_m=args.clearance_m, split_layout=args.split_layout,

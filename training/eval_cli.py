@@ -5,10 +5,11 @@ torch, OpenCV and ONNX Runtime are imported inside the handler so `--help` stays
 
 import argparse
 import sys
+from typing import Any
 
+from meanloc.cli_args import add_batch_size, add_data, add_out, add_overwrite, add_progress
 from meanloc.errors import MeanlocError
 
-DATASET_CHOICES = ("university", "synthetic", "sues200")
 DIRECTION_CHOICES = {"both": ("d2s", "s2d"), "d2s": ("d2s",), "s2d": ("s2d",)}
 PROTOCOL_CHOICES = {
     "both": ("full", "junk_distractors"),
@@ -24,16 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", help="MEAN checkpoint (meanloc format or official MEAN), run with PyTorch"
     )
     model.add_argument("--onnx", help="exported ONNX model, run with ONNX Runtime")
-    parser.add_argument(
-        "--data", required=True, help="dataset root (University-1652 layout, or SUES-200 raw/split)"
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=DATASET_CHOICES,
-        default="university",
-        help="dataset layout; 'synthetic' is meanloc's generator output (University-1652 layout). Default: university",
-    )
-    parser.add_argument("--altitude", help="SUES-200 flight altitude: 150, 200, 250 or 300 (SUES-200 only)")
+    add_data(parser, help="dataset root (University-1652 layout, or SUES-200 raw/split)")
+    parser.add_argument("--altitude", type=int, help="SUES-200 flight altitude: 150, 200, 250 or 300 (SUES-200 only)")
     parser.add_argument(
         "--direction",
         choices=tuple(DIRECTION_CHOICES),
@@ -52,34 +45,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-tta", action="store_true", help="add the horizontally flipped image's embedding"
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+    add_batch_size(parser, 128, help="images per forward pass (default: 128)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
     parser.add_argument(
         "--device", default=None, help="torch device for --checkpoint (default: cuda if available, else cpu)"
     )
-    parser.add_argument(
-        "--out", default="eval_report.json", help="JSON report path; a .md table is written next to it"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report (once the new one is complete)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_out(parser, default="eval_report.json", help="JSON report path; a .md table is written next to it")
+    add_overwrite(parser, help="replace an existing report (once the new one is complete)")
+    add_progress(parser)
     parser.set_defaults(handler=run)
 
 
-def _open_model(args: argparse.Namespace) -> tuple[object, dict, object]:
-    """(model or backend, identity dict, device) for --checkpoint or --onnx."""
+def _open_model(args: argparse.Namespace) -> tuple[Any, dict]:
+    """(backend, what to record about the model) for --checkpoint (the exported embedder in PyTorch) or --onnx."""
     if args.checkpoint:
         import torch
 
-        from meanloc.training.checkpoint import checkpoint_identity, load_checkpoint
+        from meanloc.training.torch_backend import TorchBackend
 
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        loaded = load_checkpoint(args.checkpoint)
-        loaded.model.to(device)
-        identity = {"checkpoint": args.checkpoint, **checkpoint_identity(loaded).to_dict()}
-        return loaded.model, identity, device
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return TorchBackend(args.checkpoint, device=device), {"checkpoint": args.checkpoint}
     from meanloc.runtime.backends import open_backend
 
-    return open_backend(args.onnx), {"onnx": args.onnx}, None
+    return open_backend(args.onnx), {"onnx": args.onnx}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,17 +78,17 @@ def run(args: argparse.Namespace) -> int:
     from meanloc.training.data.splits import load_eval_split
     from meanloc.training.evaluate import evaluate_model, format_report_table, write_report
 
-    if args.batch_size < 1 or args.workers < 1:
-        raise MeanlocError("--batch-size and --workers must be >= 1")
+    if args.workers < 1:
+        raise MeanlocError("--workers must be >= 1")
     for path in (Path(args.out), Path(args.out).with_suffix(".md")):
         claim_output(path, args.overwrite)
     # List the data before loading the model, so bad paths or names fail in a fraction of a second.
     for direction in DIRECTION_CHOICES[args.direction]:
         load_eval_split(args.data, args.dataset, direction, args.split, args.altitude)
-    model, identity, device = _open_model(args)
-    try:
+    backend, model_info = _open_model(args)
+    with backend:
         report = evaluate_model(
-            model,
+            backend,
             args.data,
             dataset=args.dataset,
             directions=DIRECTION_CHOICES[args.direction],
@@ -110,14 +98,9 @@ def run(args: argparse.Namespace) -> int:
             flip_tta=args.flip_tta,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=device,
             progress=not args.no_progress,
-            model_info=identity,
+            model_info=model_info,
         )
-    finally:
-        close = getattr(model, "close", None)
-        if callable(close):
-            close()
     json_path, table_path = write_report(report, args.out)
     print(format_report_table(report), end="")
     print(f"report: {json_path} (table: {table_path})")

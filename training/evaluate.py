@@ -1,13 +1,13 @@
-"""Retrieval evaluation of a MEAN model or any `EmbeddingBackend` on a dataset split.
+"""Retrieval evaluation of an `EmbeddingBackend` on a dataset split.
 
 Images are read and preprocessed with `meanloc.runtime.preprocess` (the single definition the
 onboard runtime and calibration also use), in background threads, one batch ahead, and embedded
-through a generic `embed_fn(batch NCHW float32) -> (N, D)`. Unreadable images are skipped and
+by the backend: ONNX Runtime or TensorRT for exported models, `training.torch_backend` (the
+exported embedder, in PyTorch) for checkpoints and for a model being trained. Unreadable images are skipped and
 counted. Metrics come from `meanloc.training.metrics`, under each requested gallery protocol,
-and every number in the report names the protocol it was computed under.
+and every number in the report names the protocol it was computed under. torch-free.
 """
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -154,50 +154,6 @@ def mean_pairwise_cosine(features: np.ndarray) -> float:
     return float((total @ total - count) / (count * (count - 1)))
 
 
-def torch_embed_fn(model: Any, device: Any = None) -> EmbedFn:
-    """`model.embed` under torch.no_grad (the caller puts the model in eval mode)."""
-    import torch
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-
-    def embed(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model.embed(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-
-    return embed
-
-
-@contextlib.contextmanager
-def _embedder_for(
-    model_or_backend: Any, device: Any
-) -> Iterator[tuple[EmbedFn, PreprocessSpec, QueryView, dict[str, Any]]]:
-    """(embed_fn, preprocessing, query view, description) for a backend or a torch MEAN model; a torch model
-    is switched to eval mode for the duration and restored afterwards (the trainer calls this)."""
-    if isinstance(model_or_backend, EmbeddingBackend):
-        backend = model_or_backend
-        yield (
-            backend.embed,
-            backend.identity.preprocess,
-            backend.identity.query_view,
-            {"backend": backend.name, **backend.identity.to_dict()},
-        )
-        return
-    if not (hasattr(model_or_backend, "embed") and hasattr(model_or_backend, "config")):
-        raise TypeError(
-            f"expected an EmbeddingBackend or a MEAN model, got {type(model_or_backend).__name__}"
-        )
-    model = model_or_backend
-    was_training = model.training
-    model.eval()
-    try:
-        config = model.config
-        info = {"backend": "torch (in-process model)", "preset": config.preset, "embed_dim": config.embed_dim,
-                "query_view": config.query_view.to_dict()}
-        yield torch_embed_fn(model, device), PreprocessSpec(size=config.img_size), config.query_view, info
-    finally:
-        model.train(was_training)
-
-
 def _file_key(path: str) -> Any:
     """Identity of the file behind a path: hard links and repeated paths share one embedding
     (the synthetic generator hard-links query images into the galleries)."""
@@ -256,7 +212,7 @@ class _EmbeddingCache:
 
 
 def evaluate_model(
-    model_or_backend: Any,
+    backend: EmbeddingBackend,
     root: str | Path,
     dataset: str = "university",
     directions: Sequence[str] = ("d2s", "s2d"),
@@ -266,42 +222,42 @@ def evaluate_model(
     flip_tta: bool = False,
     batch_size: int = 128,
     workers: int = 2,
-    device: Any = None,
     progress: bool = False,
     model_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate each direction under each protocol; returns the JSON-able report.
 
     `model_info` (e.g. a checkpoint identity) is recorded in the report next to what the
-    backend or model says about itself. A file shared by several directions (same path or hard
+    backend says about itself. A file shared by several directions (same path or hard
     link) is embedded once.
     """
     for protocol in protocols:
         check_protocol(protocol)
     splits = [load_eval_split(root, dataset, direction, split, altitude) for direction in directions]
     results = []
-    with _embedder_for(model_or_backend, device) as (embed_fn, spec, query_view, info):
-        cache = _EmbeddingCache(embed_fn, spec, query_view, batch_size, flip_tta, workers, progress)
-        for eval_split in splits:
-            name = DIRECTIONS[eval_split.direction]
-            drone_queries = eval_split.direction == "d2s"
-            gallery = cache.embed(eval_split.gallery_paths, f"{name}: gallery", drone=not drone_queries)
-            query = cache.embed(eval_split.query_paths, f"{name}: queries", drone=drone_queries)
-            metrics = evaluate_retrieval(eval_split, query, gallery, protocols)
-            data = eval_split.summary()
-            data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable),
-                        query_mean_cosine=round(mean_pairwise_cosine(query.features), 5),
-                        gallery_mean_cosine=round(mean_pairwise_cosine(gallery.features), 5))
-            for protocol, values in metrics.items():
-                results.append(
-                    {
-                        "direction": eval_split.direction,
-                        "direction_name": name,
-                        "protocol": protocol,
-                        "metrics": values.to_dict(percent=True),
-                        "data": data,
-                    }
-                )
+    spec, query_view = backend.identity.preprocess, backend.identity.query_view
+    info = {"backend": backend.name, **backend.identity.to_dict()}
+    cache = _EmbeddingCache(backend.embed, spec, query_view, batch_size, flip_tta, workers, progress)
+    for eval_split in splits:
+        name = DIRECTIONS[eval_split.direction]
+        drone_queries = eval_split.direction == "d2s"
+        gallery = cache.embed(eval_split.gallery_paths, f"{name}: gallery", drone=not drone_queries)
+        query = cache.embed(eval_split.query_paths, f"{name}: queries", drone=drone_queries)
+        metrics = evaluate_retrieval(eval_split, query, gallery, protocols)
+        data = eval_split.summary()
+        data.update(unreadable_queries=len(query.unreadable), unreadable_gallery=len(gallery.unreadable),
+                    query_mean_cosine=round(mean_pairwise_cosine(query.features), 5),
+                    gallery_mean_cosine=round(mean_pairwise_cosine(gallery.features), 5))
+        for protocol, values in metrics.items():
+            results.append(
+                {
+                    "direction": eval_split.direction,
+                    "direction_name": name,
+                    "protocol": protocol,
+                    "metrics": values.to_dict(percent=True),
+                    "data": data,
+                }
+            )
     return new_manifest(
         REPORT_KIND,
         dataset=dataset,

@@ -5,7 +5,9 @@
     meanloc train --dataset synthetic --data-root runs/synth --out-dir runs/demo   # demo: 10 min, 2 cores
     torchrun --nproc-per-node 4 -m meanloc train --config my.yaml             # DDP
 
-Precedence: built-in defaults < the dataset's recipe < --config YAML < options given here.
+Precedence: built-in defaults < the dataset's recipe < --config YAML < options given here. With
+--resume the checkpoint's config is the run's: options that contradict it are refused, except where
+the run reads and writes, when it stops and what it shows (`config.RESUMABLE`).
 """
 
 import argparse
@@ -27,31 +29,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import build_config, cli_overrides, read_yaml_config
+    from .config import build_config, cli_overrides, input_px, read_yaml_config, resumed_config
 
-    config = build_config(read_yaml_config(args.config) if args.config else {}, cli_overrides(args))
-    if config.dataset == "synthetic" and config.img_size is None:
-        from .config import SYNTHETIC_DEFAULT_PX
-        from .data.query_images import dataset_input_px
+    yaml_values, cli_values = (read_yaml_config(args.config) if args.config else {}), cli_overrides(args)
+    config = build_config(yaml_values, cli_values)
+    stated = {**yaml_values, **cli_values, **({"resume": config.resume} if config.resume else {})}
+    if config.resume:
+        from .checkpoint import read_checkpoint_manifest
 
-        config.img_size = dataset_input_px(config.data_root, SYNTHETIC_DEFAULT_PX)
+        config = resumed_config(stated, read_checkpoint_manifest(config.resume), config.resume) or config
+    config.img_size = input_px(config)  # once, for the data and the model
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
-    from .model import PRESETS
     from .train_data import load_train_data
     from .trainer import run_training
     from .validation import retrieval_validator
 
     def data_factory(cfg, ctx):
-        img_size = cfg.img_size or PRESETS[cfg.preset].img_size
         if cfg.objective == "ssl":
             from .ssl_pairs import SatelliteCropPairs
 
-            data = SatelliteCropPairs(cfg, img_size)
+            data = SatelliteCropPairs(cfg, cfg.img_size)
         else:
-            data = load_train_data(cfg, img_size, progress=cfg.progress and ctx.is_main)
+            data = load_train_data(cfg, cfg.img_size, progress=cfg.progress and ctx.is_main)
         validator = retrieval_validator(cfg) if cfg.selection == "val" else None
         return data, validator
 

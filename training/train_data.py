@@ -18,14 +18,14 @@ from tqdm import tqdm
 
 from meanloc.errors import MeanlocError
 from meanloc.runtime.images import BadImages, ImageError, probe_image, read_image
-from meanloc.runtime.localize.synthetic import sensor_preset
+from meanloc.runtime.sim.sensors import sensor_preset
 
 from .cached_pairs import CachedPairs
 from .config import TrainConfig
-from .data.pairs import PairDataset
 from .data.query_images import dataset_query_view
-from .data.sampler import ClassUniqueBatchSampler
 from .data.splits import Pair, TrainSplit, load_train_pairs
+from .pairs import PairDataset
+from .sampler import ClassUniqueBatchSampler
 from .trainer import Batch
 
 

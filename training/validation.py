@@ -14,6 +14,7 @@ from .collapse import above_chance
 from .config import TrainConfig
 from .evaluate import evaluate_model
 from .model import MEAN
+from .torch_backend import TorchBackend
 
 # Selection uses the full gallery (distractors kept): the stricter of the two conventions.
 SELECTION_PROTOCOL = "full"
@@ -21,10 +22,11 @@ SELECTION_PROTOCOL = "full"
 
 def retrieval_validator(config: TrainConfig) -> Callable[[MEAN], dict[str, Any]]:
     def validate(model: MEAN) -> dict[str, Any]:
-        report = evaluate_model(
-            model, config.data_root, dataset=config.dataset, directions=("d2s",), protocols=(SELECTION_PROTOCOL,),
-            split=config.val_split, altitude=config.altitude, batch_size=config.eval_batch_size,
-        )
+        with TorchBackend.for_model(model) as backend:
+            report = evaluate_model(
+                backend, config.data_root, dataset=config.dataset, directions=("d2s",), protocols=(SELECTION_PROTOCOL,),
+                split=config.val_split, altitude=config.altitude, batch_size=config.eval_batch_size,
+            )
         result = report["results"][0]
         metrics = result["metrics"]
         queries, gallery = int(metrics["queries"]), int(metrics["gallery_ranked"])

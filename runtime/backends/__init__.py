@@ -1,8 +1,9 @@
 """Inference backends behind one interface (`EmbeddingBackend.embed`), and picking one.
 
 `open_backend(path)` opens `.engine` files with TensorRT, `.onnx` with ONNX Runtime (best
-available execution provider) and checkpoints with the PyTorch reference. Backend modules are
-imported only when used, so this package imports neither TensorRT nor torch.
+available execution provider) and checkpoints with the PyTorch reference (training's, found
+through an entry point). Backend modules are imported only when used, so this package imports
+neither TensorRT nor torch.
 """
 
 from .base import EmbeddingBackend, l2_normalise

@@ -89,7 +89,7 @@ def tensorrt_provider_options(
         options["trt_layer_norm_fp32_fallback"] = "True"
     if settings.int8 and settings.calibration_table:
         options["trt_int8_calibration_table_name"] = settings.calibration_table
-        # Our calibration caches are in TensorRT's own text format (calibration/cache.py).
+        # Our calibration caches are in TensorRT's own text format (runtime/calibration_cache.py).
         options["trt_int8_use_native_calibration_table"] = "True"
     if settings.workspace_bytes:
         options["trt_max_workspace_size"] = str(int(settings.workspace_bytes))

@@ -2,14 +2,15 @@
 
 The file type decides the family (`.engine` -> TensorRT, `.onnx` -> ONNX Runtime, checkpoints ->
 PyTorch); within ONNX Runtime the best available execution provider is chosen (TensorRT EP >
-CUDA EP > CPU). Availability is probed without importing torch (package metadata only), so
-this module is safe onboard. Python 3.8 compatible.
+CUDA EP > CPU). The PyTorch reference lives in training/ and is found through the
+`meanloc.backends` entry point (pyproject.toml), and availability is probed from package metadata
+only, so this module never imports torch and is safe onboard. Python 3.8 compatible.
 """
 
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from meanloc.errors import MeanlocError
+from meanloc.errors import MeanlocError, MissingDependencyError
 
 from .base import BACKEND_NAMES, EmbeddingBackend
 
@@ -27,6 +28,8 @@ INSTALL_HINTS = {
     "onnxruntime": "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT providers; never both)",
     "torch": "pip install 'meanloc[train]' (only needed to run checkpoints directly)",
 }
+# Backends above runtime/ (the PyTorch reference, training/torch_backend.py) register here.
+BACKEND_ENTRY_POINTS = "meanloc.backends"
 
 
 def backend_for_path(model_path: str) -> str:
@@ -81,9 +84,23 @@ def open_backend(
         from .onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, providers=providers, threads=threads, max_batch=max_batch, **options)
-    from .torch_backend import TorchBackend
+    return _registered_backend(needed)(model_path, max_batch=max_batch, threads=threads, **options)
 
-    return TorchBackend(model_path, max_batch=max_batch, threads=threads, **options)
+
+def _registered_backend(name: str) -> Any:
+    """The backend class registered under `name` in the `meanloc.backends` entry points."""
+    from importlib.metadata import entry_points
+
+    found = entry_points()
+    group = found.select(group=BACKEND_ENTRY_POINTS) if hasattr(found, "select") else found.get(BACKEND_ENTRY_POINTS, ())
+    for entry in group:
+        if entry.name == name:
+            try:
+                return entry.load()
+            except ImportError as exc:
+                raise MissingDependencyError("the {} backend cannot be imported ({}): {}".format(
+                    name, exc, INSTALL_HINTS[name])) from None
+    raise MissingDependencyError("no {} backend is installed: {}".format(name, INSTALL_HINTS[name]))
 
 
 def available_backends() -> List[Dict[str, Any]]:

@@ -12,8 +12,8 @@ from .frame import LocalFrame
 from .index import IndexSearcher, build_index
 from .merge import merge_banks
 from .search import ExactSearcher
-from .store import verify_bank
 from .tiling import FileTileSource, OrthophotoTileSource
+from .verify import verify_bank
 
 __all__ = [
     "BuildResult",

@@ -44,9 +44,10 @@ from ..artifacts import (
 from ..preprocess import preprocess_bgr
 from .index import build_index, has_index
 from .sharding import Ranks, wait_for_shards
-from .store import MANIFEST_FILE, read_manifest, verify_bank, write_bank
+from .store import MANIFEST_FILE, read_manifest, write_bank
 from .tiles import records_from_rows
 from .tiling import FileTileSource, OrthophotoTileSource
+from .verify import verify_bank
 
 SHARDS_DIR = "shards"
 PLAN_FILE = "plan.json"

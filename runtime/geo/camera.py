@@ -1,4 +1,4 @@
-"""Pinhole drone camera over a flat ground: pose -> homography, oblique rendering, footprint.
+"""Pinhole drone camera over a flat ground: pose -> homography, footprint, attitude from body angles.
 
 Follows datasets-and-metrics.md §5.2-§5.4 exactly. World frame: local ENU metres of the
 orthophoto's projected CRS (x east, y north, z up), ground = plane z = 0.
@@ -9,18 +9,18 @@ the top-left pixel, the principal point is (W/2, H/2), pixel (i, j) is centred a
 Honest limits (§5.8): the world is flat. The homography cannot show facades, parallax,
 occlusion changes or relief displacement; shadows and lighting are those of the orthophoto;
 moving objects are frozen; orthophoto artefacts (roof lean, seamlines) are inherited by
-every view. Views rendered this way are an optimistic proxy for real oblique frames.
+every view the simulator renders with it (`meanloc.runtime.sim.render`).
 
 Python 3.8 compatible and torch-free.
 """
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.geo.orthophoto import Orthophoto, require_cv2, warp
+from meanloc.runtime.geo.orthophoto import Orthophoto
 
 # Corner rays steeper than this from nadir are rejected: beyond it the far field is a few
 # smeared rows per hundreds of metres, and at 90 deg the horizon is in view (§5.4).
@@ -176,81 +176,11 @@ def footprint_inside(ortho: Orthophoto, intrinsics: CameraIntrinsics, pose: Pose
     return bool(ortho.contains_world(xy[0], xy[1]).all())
 
 
-class RenderedView(NamedTuple):
-    image_bgr: np.ndarray
-    valid_fraction: float
-    footprint_xy: np.ndarray
-    camera_xy: Tuple[float, float]
-    valid_mask: np.ndarray
-    gsd_center_m: Tuple[float, float]  # (across, along) the optical axis at the image centre
-
-
 def centre_gsd(intrinsics: CameraIntrinsics, pose: Pose) -> Tuple[float, float]:
     """GSD at the image centre: slant D = h / cos(theta); D/f across, D/(f cos(theta)) along."""
     cos_t = math.cos(math.radians(pose.pitch_deg))
     slant = pose.altitude_m / cos_t
     return slant / intrinsics.focal_px, slant / (intrinsics.focal_px * cos_t)
-
-
-def render_view(ortho: Orthophoto, intrinsics: CameraIntrinsics, pose: Pose, supersample: int = 2,
-                bands: int = 8, max_ray_angle_deg: float = 89.0) -> RenderedView:
-    """Render the oblique view of `ortho` seen from `pose` by inverse warping (§5.3).
-
-    Anti-aliasing combines both remedies of §5.3 step 8: the image is rendered at `supersample`
-    times its size in horizontal bands, each band sampled (bilinear) from the Gaussian-pyramid
-    level matching its local scale (sqrt |det J| of the inverse map), then reduced with
-    INTER_AREA. Validity is the nearest-neighbour warp of the orthophoto's mask.
-    Raises MeanlocError if a corner ray does not hit the ground (horizon in view).
-    """
-    cv2 = require_cv2()
-    intrinsics.validate()
-    fp = footprint(intrinsics, pose, max_ray_angle_deg)
-    if fp.polygon_xy is None or not fp.ok:
-        raise MeanlocError("pose sees the horizon or too far ({}): lower the pitch (pitch {:.1f} + VFOV/2 {:.1f})".format(
-            fp.reason, pose.pitch_deg, intrinsics.vfov_deg / 2.0))
-    big = intrinsics.scaled(supersample)
-    # image (corner coords) -> orthophoto pixel (corner coords)
-    img_to_src = ortho.inverse @ np.linalg.inv(ground_homography(big, pose))
-    pyramid = ortho.pyramid()
-    rows = _band_edges(big.height, bands)
-    out = np.zeros((big.height, big.width, 3), dtype=np.uint8)
-    for top, bottom in zip(rows[:-1], rows[1:]):  # noqa: RUF007 - itertools.pairwise is 3.10+
-        level = _pyramid_level(img_to_src, big.width / 2.0, 0.5 * (top + bottom), len(pyramid) - 1)
-        to_level = np.diag([0.5 ** level, 0.5 ** level, 1.0])  # corner coords halve per pyrDown level
-        shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, float(top)], [0.0, 0.0, 1.0]])
-        out[top:bottom] = warp(pyramid[level], to_level @ img_to_src @ shift, (big.width, bottom - top),
-                               cv2.INTER_LINEAR)
-    valid_big = ortho.warp_valid(img_to_src, (big.width, big.height))
-    if supersample > 1:
-        image = cv2.resize(out, (intrinsics.width, intrinsics.height), interpolation=cv2.INTER_AREA)
-        # An output pixel is valid only if all its supersamples are.
-        valid = valid_big.reshape(intrinsics.height, supersample, intrinsics.width, supersample).all(axis=(1, 3))
-    else:
-        image, valid = out, valid_big
-    image[~valid] = 0
-    centre = camera_centre(pose)
-    return RenderedView(image, float(valid.mean()), fp.polygon_xy, (float(centre[0]), float(centre[1])), valid,
-                        centre_gsd(intrinsics, pose))
-
-
-def _band_edges(height: int, bands: int) -> List[int]:
-    edges = np.linspace(0, height, max(1, bands) + 1).round().astype(int)
-    return sorted(set(edges.tolist()))
-
-
-def _pyramid_level(img_to_src: np.ndarray, u: float, v: float, max_level: int) -> int:
-    """floor(log2(source pixels per output pixel)) at image point (u, v), from the Jacobian."""
-
-    def apply(p: Tuple[float, float]) -> np.ndarray:
-        q = img_to_src @ np.array([p[0], p[1], 1.0])
-        return q[:2] / q[2]
-
-    origin = apply((u, v))
-    jac = np.column_stack([apply((u + 1.0, v)) - origin, apply((u, v + 1.0)) - origin])
-    scale = math.sqrt(abs(float(np.linalg.det(jac))))
-    if scale <= 1.0:
-        return 0
-    return int(min(max_level, math.floor(math.log2(scale))))
 
 
 def _rotation_zyx(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:

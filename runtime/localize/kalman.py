@@ -10,10 +10,9 @@ of freedom) is rejected and logged by the caller. Rejected fixes are carried alo
 prediction; once `reinit_consensus` of the last `max_rejections` consecutive ones agree with the
 latest (within `reinit_agreement_m`), the filter assumes it was the one that was wrong and
 re-initialises on their mean, so a wrong track cannot lock itself in while scattered outliers cannot
-hijack it (§4.3 of datasets-and-metrics.md). A majority rather than all of them: when fixes are
-right only half of the time (a second-date flight), a wrong start otherwise never ends — the demo's
-cross-source flight stayed ~450 m off for 150 frames while correct fixes kept being rejected.
-Python 3.8 compatible, numpy only.
+hijack it (§4.3 of datasets-and-metrics.md). A majority rather than all of them, so that a wrong
+start also ends when fixes are right only some of the time, as over a second date (bench/RESULTS.md,
+"Kalman re-initialisation, from runtime/localize/kalman.py"). Python 3.8 compatible, numpy only.
 """
 
 from dataclasses import dataclass

@@ -32,6 +32,7 @@ from ..geo.rectify import CameraAttitude
 from ..preprocess import preprocess_batch
 from ..query_view import prepare_query
 from .estimate import EstimatorConfig, Fix, PositionEstimator
+from .frames import Frame, FrameSource, SourceLostError
 from .geodesy import DISTANCE_METHOD, geodesic_distance_m
 from .kalman import ConstantVelocityKalman, KalmanConfig, UpdateResult, noise_covariance
 from .look_at import (
@@ -44,7 +45,6 @@ from .look_at import (
 from .metrics import ErrorStats, RunningMeans
 from .orient import rotate_to_north_up
 from .sinks import Sink
-from .sources import Frame, FrameSource, SourceLostError
 from .window import SearchWindowPolicy, WindowConfig
 
 LOG = logging.getLogger("meanloc.localize")

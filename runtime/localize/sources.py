@@ -19,9 +19,9 @@ attempts per outage), so a loose cable does not end a flight. Python 3.8 compati
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
@@ -30,67 +30,19 @@ from meanloc.errors import MeanlocError, MissingDependencyError
 from ..images import (
     IMAGE_SUFFIXES,
     MIN_IMAGE_SIDE,
-    BadImages,
     ImageError,
     ImageMissingError,
     is_image_name,
     read_image,
 )
+from ..trt_env import opencv_has_gstreamer
+from .frames import Frame, FrameSource, SourceLostError
 
-if TYPE_CHECKING:  # the synthetic source pulls in the geo stack: import it only when used
+if TYPE_CHECKING:  # the synthetic source pulls in the simulator: import it only when used
     from .synthetic import SyntheticFlightOptions
 
 LOG = logging.getLogger("meanloc.localize")
 LIVE_URL_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-
-
-@dataclass
-class Frame:
-    index: int  # position in the source, counting frames that were skipped
-    t: float  # seconds on the source's clock (video timestamp, capture time, or flight time)
-    image: np.ndarray  # BGR uint8 (H, W, 3)
-    truth_lonlat: Optional[Tuple[float, float]] = None
-    prior_lonlat: Optional[Tuple[float, float]] = None  # the vehicle's own, drifting estimate (dead reckoning)
-    heading_deg: Optional[float] = None  # of the optical axis, clockwise from north
-    altitude_m: Optional[float] = None  # above ground
-    pitch_deg: Optional[float] = None  # camera pitch from nadir
-    roll_deg: Optional[float] = None
-    hfov_deg: Optional[float] = None  # the lens's horizontal field of view
-    altitude_amsl_m: Optional[float] = None  # barometric altitude above sea level (for --dem)
-
-
-@dataclass
-class SourceStats:
-    frames: int = 0
-    corrupt: int = 0  # frames that could not be decoded or were damaged
-    missing: int = 0  # image files that disappeared before they were read
-    reconnects: int = 0
-    bad_images: BadImages = field(default_factory=BadImages)  # the skipped image files, by reason
-
-    def to_dict(self) -> dict:
-        return {"frames_read": self.frames, "frames_corrupt": self.corrupt, "frames_missing": self.missing,
-                "reconnects": self.reconnects,
-                "skipped_images": self.bad_images.summary() if self.bad_images else None}
-
-
-class SourceLostError(MeanlocError):
-    """A live source stayed unavailable through every reconnection attempt."""
-
-
-class FrameSource:
-    """Iterate to get frames; `stats` counts them; `live` sources run on wall-clock time."""
-
-    description = "source"
-    live = False
-
-    def __init__(self) -> None:
-        self.stats = SourceStats()
-
-    def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release devices and files."""
 
 
 def as_bgr_frame(image: Any) -> Optional[np.ndarray]:
@@ -247,15 +199,6 @@ class ImageFolderSource(FrameSource):
             yield Frame(index, index * self.period_s, frame)
 
 
-def gstreamer_available() -> bool:
-    import cv2
-
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GStreamer:"):
-            return "YES" in line
-    return False
-
-
 def _video_capture(target: Any, api: Optional[int] = None) -> Callable[[], Any]:
     import cv2
 
@@ -283,7 +226,7 @@ def open_source(spec: str, synthetic: Optional["SyntheticFlightOptions"] = None,
         return CaptureSource(_video_capture(spec, cv2.CAP_FFMPEG), "stream {}".format(spec), live=True,
                              reconnect=reconnect)
     if "!" in spec:
-        if not gstreamer_available():
+        if not opencv_has_gstreamer(cv2.getBuildInformation()):
             raise MeanlocError(
                 "this OpenCV ({}) was built without GStreamer, so it cannot open a GStreamer pipeline; on Jetson "
                 "use JetPack's python3-opencv and uninstall opencv-python from pip".format(cv2.__version__)

@@ -3,7 +3,9 @@ attitude and height a real vehicle's sensors would report.
 
 Each frame carries its truth, the look-at ground point at the image centre (what retrieval
 localises, §4.2 of datasets-and-metrics.md), and a simulated dead-reckoning prior with drift and
-injected jumps (§5.5). Rendering and planning are `meanloc.runtime.geo.flight`'s.
+injected jumps (§5.5). Planning, rendering and the sensor and terrain models are the simulator's
+(`meanloc.runtime.sim`); this module is the onboard code's only door to it, so it also hands the
+localize command the sensor presets.
 
 Sensor realism (`SensorNoise`, `--sensor-noise PRESET`): frames are rendered with the *true* pose
 but carry the attitude the sensors report:
@@ -20,77 +22,24 @@ but carry the attitude the sensors report:
   take-off point, which is wrong by the terrain's relief; `altitude_amsl_m` carries the barometric
   altitude for `meanloc localize --dem` (`terrain_height.py`) to correct it.
 
-Errors are first-order Gauss-Markov processes (correlation time `correlation_s`) with the
-preset's standard deviation. Python 3.8 compatible (needs rasterio/pyproj for GeoTIFFs).
+Python 3.8 compatible (needs rasterio/pyproj for GeoTIFFs).
 """
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from meanloc.errors import MeanlocError
 
-from .sources import Frame, FrameSource
+from ..sim.sensors import SENSOR_PRESETS, SensorNoise, gauss_markov, sensor_preset
+from .frames import Frame, FrameSource
 from .telemetry import AttitudeHistory
 
-
-@dataclass(frozen=True)
-class SensorNoise:
-    """Errors of the attitude and height a vehicle reports (standard deviations and biases)."""
-
-    name: str = "ideal"
-    heading_sigma_deg: float = 0.0
-    heading_bias_deg: float = 0.0
-    pitch_sigma_deg: float = 0.0
-    roll_sigma_deg: float = 0.0
-    height_sigma_m: float = 0.0
-    height_bias_m: float = 0.0
-    correlation_s: float = 3.0  # how fast the errors wander
-
-    @property
-    def ideal(self) -> bool:
-        return not any((self.heading_sigma_deg, self.heading_bias_deg, self.pitch_sigma_deg, self.roll_sigma_deg,
-                        self.height_sigma_m, self.height_bias_m))
-
-    def describe(self) -> str:
-        if self.ideal:
-            return "ideal sensors"
-        return ("{}: heading sigma {:g} deg + bias {:g} deg, pitch sigma {:g} deg, roll sigma {:g} deg, height sigma "
-                "{:g} m + bias {:g} m".format(self.name, self.heading_sigma_deg, self.heading_bias_deg,
-                                              self.pitch_sigma_deg, self.roll_sigma_deg, self.height_sigma_m,
-                                              self.height_bias_m))
-
-
-SENSOR_PRESETS: Dict[str, SensorNoise] = {
-    "ideal": SensorNoise(),
-    # A stabilised gimbal with a good compass: the gimbal's own encoders and a fused heading.
-    "good-gimbal": SensorNoise("good-gimbal", heading_sigma_deg=2.0, pitch_sigma_deg=0.5, roll_sigma_deg=0.5,
-                               height_sigma_m=2.0),
-    # A hobby autopilot's magnetometer near motors and a barometer in the wind.
-    "cheap-imu": SensorNoise("cheap-imu", heading_sigma_deg=8.0, heading_bias_deg=5.0, pitch_sigma_deg=2.0,
-                             roll_sigma_deg=2.0, height_sigma_m=10.0),
-}
-
-
-def sensor_preset(name: str) -> SensorNoise:
-    if name not in SENSOR_PRESETS:
-        raise MeanlocError("unknown sensor noise preset '{}' (choose {})".format(name, ", ".join(SENSOR_PRESETS)))
-    return SENSOR_PRESETS[name]
-
-
-def gauss_markov(times: np.ndarray, sigma: float, correlation_s: float, rng: np.random.Generator) -> np.ndarray:
-    """A stationary first-order Gauss-Markov process with standard deviation `sigma` at `times`."""
-    out = np.zeros(len(times))
-    if sigma <= 0 or not len(times):
-        return out
-    out[0] = rng.normal(0.0, sigma)
-    for i in range(1, len(times)):
-        rho = math.exp(-max(0.0, times[i] - times[i - 1]) / correlation_s)
-        out[i] = rho * out[i - 1] + math.sqrt(1.0 - rho * rho) * rng.normal(0.0, sigma)
-    return out
+# The synthetic: source's public face: onboard code needs nothing else from the simulator.
+__all__ = ["SENSOR_PRESETS", "SensorNoise", "SyntheticFlightOptions", "SyntheticFlightSource", "sensor_preset"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +63,7 @@ class SyntheticFlightOptions:
     # Only this ground square around each look-at point must be valid imagery (a pose-aware model's
     # query side); None: the whole footprint.
     query_side_m: Optional[float] = None
-    sensor: SensorNoise = SensorNoise()
+    sensor: SensorNoise = SENSOR_PRESETS["ideal"]
     telemetry_hz: float = 20.0
     terrain_relief_m: float = 0.0  # synthetic rolling hills under the flight (0: flat)
     terrain_dem: Optional[str] = None  # or the true terrain from this DEM GeoTIFF
@@ -124,8 +73,8 @@ class SyntheticFlightSource(FrameSource):
     def __init__(self, ortho_path: str, options: SyntheticFlightOptions) -> None:
         super().__init__()
         from ..geo.camera import CameraIntrinsics
-        from ..geo.flight import plan_flight, simulate_prior
         from ..geo.orthophoto import Orthophoto
+        from ..sim.flight import plan_flight, simulate_prior
 
         if not Path(ortho_path).is_file():
             raise MeanlocError("synthetic flight: orthophoto not found: {}".format(ortho_path))
@@ -156,7 +105,8 @@ class SyntheticFlightSource(FrameSource):
         return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
 
     def _terrain(self):  # type: ignore[no-untyped-def]
-        from ..geo.terrain import Terrain, synthetic_terrain
+        from ..geo.terrain import Terrain
+        from ..sim.terrain import synthetic_terrain
 
         if self.options.terrain_dem:
             terrain = Terrain.from_geotiff(self.options.terrain_dem)
@@ -206,7 +156,7 @@ class SyntheticFlightSource(FrameSource):
         return reported
 
     def __iter__(self) -> Iterator[Frame]:
-        from ..geo.flight import render_flight
+        from ..sim.flight import render_flight
 
         rendered = render_flight(self.ortho, self.plan, intrinsics=self.intrinsics, seed=self.options.seed,
                                  appearance=self.options.appearance)

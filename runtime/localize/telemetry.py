@@ -35,7 +35,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 from meanloc.errors import MeanlocError, MissingDependencyError
 
-from .sources import Frame, FrameSource
+from .frames import Frame, FrameSource
 
 MOUNTS = ("body", "gimbal")
 MESSAGES = ("ATTITUDE", "GIMBAL_DEVICE_ATTITUDE_STATUS", "MOUNT_ORIENTATION", "DISTANCE_SENSOR",

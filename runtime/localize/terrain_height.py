@@ -22,7 +22,7 @@ import numpy as np
 
 from ..geo.orthophoto import lonlat_to_crs
 from ..geo.terrain import Terrain
-from .sources import Frame, FrameSource
+from .frames import Frame, FrameSource
 
 LOG = logging.getLogger("meanloc.localize")
 LOOK_AHEAD_ITERATIONS = 3

@@ -5,18 +5,29 @@ import os
 import sys
 from typing import Any
 
+from meanloc.cli_args import (
+    add_hidden_alias,
+    add_model,
+    add_out,
+    add_overwrite,
+    add_threads,
+    positive_int,
+    positive_int_list,
+)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", default=[], metavar="PATH",
-                        help="model to profile: .engine (TensorRT), .onnx (ONNX Runtime) or a checkpoint "
-                        "(PyTorch reference); repeat to compare several side by side, interleaved")
+    add_model(parser, repeatable=True, help="model to profile: .engine (TensorRT), .onnx (ONNX Runtime) or a checkpoint "
+              "(PyTorch reference); repeat to compare several side by side, interleaved")
     parser.add_argument("--engine", action="append", default=[], metavar="PATH",
                         help="TensorRT engine to profile (same as --model X.engine)")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default auto)")
     parser.add_argument("--providers", default=None,
                         help="ONNX Runtime execution providers, comma-separated: cpu,cuda,tensorrt")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all)")
-    parser.add_argument("--batch", default="1", help="comma-separated batch sizes to sweep (default 1)")
+    add_threads(parser, help="CPU threads for ONNX Runtime (default: all)")
+    sizes = parser.add_argument("--batch-sizes", type=positive_int_list, default=[1], metavar="N[,N...]",
+                                help="comma-separated batch sizes to sweep (default 1)")
+    add_hidden_alias(parser, "--batch", sizes)
     parser.add_argument("--warmup", type=int, default=20, help="warm-up iterations per target and batch (default 20)")
     parser.add_argument("--iterations", type=int, default=200, help="timed iterations (default 200)")
     parser.add_argument("--duration", type=float, default=None,
@@ -30,13 +41,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(auto), always (full) or never (fast)")
     parser.add_argument("--bank-size", type=int, default=10000,
                         help="without --bank: size of a random in-memory bank for the search stage (0 = skip)")
-    parser.add_argument("--topk", type=int, default=5, help="top-k of the search stage (default 5)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="top-k of the search stage (default 5)")
     parser.add_argument("--refine", choices=("auto", "off"), default="auto",
                         help="auto: time the fine stage (detect, match, fit) when --bank has local features")
     parser.add_argument("--no-telemetry", action="store_true", help="do not sample tegrastats/jtop")
-    parser.add_argument("--out", default="profile-report", help="output folder for JSON, Markdown and PNG plots")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the report already in --out (once the new one is complete)")
+    add_out(parser, default="profile-report", help="output folder for JSON, Markdown and PNG plots")
+    add_overwrite(parser, help="replace the report already in --out (once the new one is complete)")
     parser.set_defaults(handler=run)
 
 
@@ -73,12 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise MeanlocError("nothing to profile: pass --model PATH (or --engine X.engine)")
     claim_output(os.path.join(args.out, REPORT_JSON), args.overwrite)
-    try:
-        batch_sizes = [int(b) for b in args.batch.split(",") if b.strip()]
-    except ValueError:
-        raise MeanlocError("--batch must be comma-separated integers, got {!r}".format(args.batch)) from None
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise MeanlocError("--batch sizes must be >= 1")
+    batch_sizes = list(args.batch_sizes)
     providers = args.providers.split(",") if args.providers else None
 
     targets = []

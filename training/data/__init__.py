@@ -1,33 +1,11 @@
-"""Datasets for MEAN training and evaluation.
+"""Dataset readers: which files form the training pairs and the evaluation splits.
 
 - `splits`: `load_train_pairs`, `load_eval_split`, `TrainSplit`, `EvalSplit`, `Pair`
-  (readers: `university` for University-1652 and the synthetic layout, `sues200`);
-- `sampler`: `ClassUniqueBatchSampler` (the reference's class-unique batches, DDP-aware);
-- `pairs`: `PairDataset` (torch); `augment`: `PairAugment` (albumentations);
+  (readers: `university` for University-1652 and the synthetic layout, `sues200`; `listing`);
+- `query_images`: a drone image as the model's query (pose-aware views read their attitude);
 - `synth`: the synthetic cross-view world generator.
 
-Names are resolved lazily so that importing one submodule (e.g. `synth`) does not import torch
-or albumentations.
+torch- and albumentations-free (an import-linter contract), so evaluation, calibration and the
+precision report use them without the training stack; the torch side (`pairs`, `augment`,
+`sampler`) sits in training/ above them.
 """
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "load_train_pairs": "splits",
-    "load_eval_split": "splits",
-    "TrainSplit": "splits",
-    "EvalSplit": "splits",
-    "Pair": "splits",
-    "ClassUniqueBatchSampler": "sampler",
-    "PairDataset": "pairs",
-    "PairAugment": "augment",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

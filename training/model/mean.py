@@ -87,11 +87,11 @@ class MEAN(nn.Module):
         return self.model_1(satellite), self.model_1(drone)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised retrieval embedding (the same function `MEANEmbedder` exports)."""
-        global_feature, _ = self.model_1.convnext(images)
-        return F.normalize(global_feature, dim=1)
+        """L2-normalised retrieval embedding: the exported graph (`MEANEmbedder`), run in PyTorch."""
+        return self.embedder()(images)
 
     def embedder(self) -> "MEANEmbedder":
+        """The inference graph `meanloc export onnx` writes and evaluation runs (shares the weights)."""
         return MEANEmbedder(self.model_1.convnext)
 
 

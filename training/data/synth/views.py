@@ -26,19 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.geo.appearance import apply_appearance
 from meanloc.runtime.geo.camera import (
     CameraIntrinsics,
     Pose,
-    RenderedView,
     camera_centre,
     footprint,
     footprint_inside,
     max_pitch_for,
-    render_view,
 )
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.geo.rectify import CameraAttitude, ground_coverage
+from meanloc.runtime.sim.appearance import apply_appearance
+from meanloc.runtime.sim.render import RenderedView, render_view
 
 VALIDITY_MODES = ("frame", "query")
 

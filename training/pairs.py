@@ -26,8 +26,8 @@ from meanloc.runtime.preprocess import PreprocessSpec, preprocess_bgr
 from meanloc.runtime.query_view import FRAMES_AS_CAPTURED, QueryView
 
 from .augment import PairAugment
-from .query_images import read_query_image
-from .splits import Pair
+from .data.query_images import read_query_image
+from .data.splits import Pair
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ Every random value drawn is returned in a JSON-able dict, so a sidecar can recor
 was done to each image. These effects model the camera and the air, not regularisation: the
 training augmentations (albumentations) are separate and live in training/.
 
-Hand-written with OpenCV/numpy rather than albumentations because the onboard code (synthetic
-flights for `meanloc localize`) uses it on Python 3.8 without the training stack, and because
-the drawn parameters must be exposed exactly.
+Hand-written with OpenCV/numpy rather than albumentations because synthetic flights for
+`meanloc localize` use it on Python 3.8 without the training stack, and because the drawn
+parameters must be exposed exactly.
 
 Python 3.8 compatible and torch-free.
 """

@@ -20,9 +20,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.geo.appearance import apply_appearance
-from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, footprint, footprint_inside, render_view
+from meanloc.runtime.geo.camera import CameraIntrinsics, Pose, footprint, footprint_inside
 from meanloc.runtime.geo.orthophoto import Orthophoto
+from meanloc.runtime.sim.appearance import apply_appearance
+from meanloc.runtime.sim.render import render_view
 
 PATTERNS = ("straight", "lawnmower")
 DEFAULT_INTRINSICS = CameraIntrinsics(640, 480, 70.0)

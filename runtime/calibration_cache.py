@@ -1,4 +1,7 @@
-"""TensorRT's INT8 calibration cache text format: writer, reader, name check and sidecar manifest.
+"""TensorRT's INT8 calibration cache: text format, writer, reader, which tensors it must cover, manifest.
+
+`meanloc calibrate` writes it, the engine builder (`meanloc export engine`) reads it: the artifact
+contract between the two lives here, below both.
 
 A Jetson builds an implicit-INT8 engine from this cache without recalibrating (deployment.md §5.2,
 route C). The format, as TensorRT writes it and ONNX Runtime's `ReadDynamicRange` decodes it:
@@ -11,7 +14,8 @@ major*1000+minor*100+patch on TensorRT 8.x and major*10000+minor*100+patch from 
 (8.5.2 -> 8502, 10.3.0 -> 100300). TensorRT silently ignores a cache whose header does not match
 it (NVIDIA/TensorRT#1378), so the header is chosen for the target TensorRT, not the one here.
 
-Read onboard by the engine builder: Python 3.8 compatible, no torch/onnx imports.
+Read onboard by the engine builder: Python 3.8 compatible, no torch/onnx imports (the graph
+walkers take any ONNX-like model: an `onnx.ModelProto` or `runtime.onnx_file`'s reader).
 """
 
 import math
@@ -53,6 +57,8 @@ _ENTRY = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
 _UNNAMED_LAYER = re.compile(r"^\(Unnamed Layer\* \d+\) \[[^\]]+\]_output(_\d+)?$")
 _PARSER_HELPER = "ONNXTRT_"
 _DERIVED_SUFFIX = re.compile(r"^(.+)_(output|\d+)$")
+# The layers TensorRT runs in INT8 and whose inputs/outputs therefore need a scale.
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
 def parse_trt_version(version: str) -> Tuple[int, int, int]:
@@ -263,3 +269,32 @@ def read_cache_manifest(cache_path: PathLike, onnx_sha256: Optional[str] = None)
             )
         )
     return manifest
+
+
+
+def value_names(model: Any) -> Set[str]:
+    """Every tensor name in the graph: inputs, node outputs and initializers."""
+    graph = model.graph
+    names = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    for node in graph.node:
+        names.update(name for name in node.output if name)
+    return names
+
+
+def _constant_tensors(model: Any) -> Set[str]:
+    """Initializers and everything computed from them alone (Constant, Identity-of-weight, ...)."""
+    constant = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type == "Constant" or all(name in constant for name in node.input if name):
+            constant.update(node.output)
+    return constant
+
+
+def int8_activation_names(model: Any) -> Set[str]:
+    """The activations feeding or leaving Conv/MatMul/Gemm: they must all have a cache scale."""
+    constant = _constant_tensors(model)
+    required = set()
+    for node in model.graph.node:
+        if node.op_type in INT8_OP_TYPES:
+            required.update(name for name in (*node.input, *node.output) if name and name not in constant)
+    return required

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from meanloc.cli_args import add_batch_size, add_data, add_out, add_overwrite, add_progress, add_threads
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report", metavar="<report>")
@@ -14,14 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     precision.add_argument(
         "--calib-dir", metavar="DIR", help="folder written by `meanloc calibrate` (INT8 models)"
     )
-    precision.add_argument(
-        "--data", required=True, metavar="ROOT", help="dataset root in the University-1652 layout"
-    )
-    precision.add_argument(
-        "--dataset",
-        default="university",
-        help="dataset layout: university, synthetic (same layout) or sues200",
-    )
+    add_data(precision, help="dataset root in the University-1652 layout")
     precision.add_argument("--split", default="val", choices=("val", "test"), help="evaluation split")
     precision.add_argument(
         "--engines",
@@ -30,14 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="ENGINE",
         help="TensorRT engines to include (skipped without TensorRT)",
     )
-    precision.add_argument("--batch", type=int, default=32, help="images per inference batch")
-    precision.add_argument(
-        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all)"
-    )
-    precision.add_argument(
-        "--out", required=True, help="report JSON path; the Markdown table goes next to it (.md)"
-    )
-    precision.add_argument("--overwrite", action="store_true", help="replace an existing report (once the new one is complete)")
+    add_batch_size(precision, 32, help="images per inference batch", old="--batch")
+    add_threads(precision, help="ONNX Runtime intra-op threads (default: all)")
+    add_out(precision, help="report JSON path; the Markdown table goes next to it (.md)")
+    add_overwrite(precision, help="replace an existing report (once the new one is complete)")
+    add_progress(precision)
     precision.set_defaults(handler=run_precision)
 
 
@@ -57,9 +49,9 @@ def run_precision(args: argparse.Namespace) -> int:
         engines=args.engines,
         split=args.split,
         dataset=args.dataset,
-        batch_size=args.batch,
+        batch_size=args.batch_size,
         threads=args.threads,
-        progress=True,
+        progress=not args.no_progress,
     )
     json_path, table_path = write_precision_report(report, args.out)
     print(format_precision_table(report), end="")

@@ -20,21 +20,18 @@ quietly calibrating on fewer batches.
 layer (runtime/trt_api.py, runtime/cuda_device.py), so this module imports anywhere.
 """
 
-from __future__ import annotations
-
 import functools
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
 from meanloc.errors import MeanlocError
-from meanloc.runtime.artifacts import atomic_write_bytes
-from meanloc.runtime.cuda_device import CudaMemory, open_cuda_memory
-from meanloc.runtime.trt_api import import_tensorrt
 
-from .cache import ENTROPY_ALGORITHM, MINMAX_ALGORITHM, parse_calibration_cache, trt_version_code
+from .artifacts import atomic_write_bytes
+from .calibration_cache import ENTROPY_ALGORITHM, MINMAX_ALGORITHM, parse_calibration_cache, trt_version_code
+from .cuda_device import CudaMemory, open_cuda_memory
+from .trt_api import import_tensorrt
 
 # The calibrator class whose cache header carries each algorithm name (NvInfer.h, CalibrationAlgoType).
 CALIBRATOR_BASES = {
@@ -80,12 +77,12 @@ def _base_class(trt: Any, algorithm: str = ENTROPY_ALGORITHM) -> type:
 
 
 def entropy_calibrator(
-    trt: Any | None,
+    trt: Optional[Any],
     batches: Iterable[np.ndarray],
     batch_size: int,
-    sample_shape: tuple[int, ...],
-    cache_path: str | Path,
-    memory: CudaMemory | None = None,
+    sample_shape: Tuple[int, ...],
+    cache_path: Union[str, Path],
+    memory: Optional[CudaMemory] = None,
 ) -> Any:
     """Device calibrator over preprocessed (batch_size, *sample_shape) float32 batches.
 
@@ -98,23 +95,23 @@ def entropy_calibrator(
     class EntropyCalibrator(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             base.__init__(self)  # pybind11 trampolines must be initialised explicitly
-            self.callback_error: BaseException | None = None
+            self.callback_error = None  # type: Optional[BaseException]
             self.cache_path = Path(cache_path)
             self.batches_fed = 0
-            self._batches: Iterator[np.ndarray] = iter(batches)
+            self._batches = iter(batches)  # type: Iterator[np.ndarray]
             self._batch_size = batch_size
             self._shape = (batch_size, *sample_shape)
             self._memory = memory if memory is not None else open_cuda_memory()
             self._stream = self._memory.create_stream()
             self._host = self._memory.alloc_pinned(self._shape, np.float32)
-            self._device: int | None = self._memory.alloc_device(self._host.nbytes)
+            self._device = self._memory.alloc_device(self._host.nbytes)  # type: Optional[int]
 
         @_records_errors
         def get_batch_size(self) -> int:
             return self._batch_size
 
         @_records_errors
-        def get_batch(self, names: list[str]) -> list[int] | None:
+        def get_batch(self, names: List[str]) -> Optional[List[int]]:
             batch = next(self._batches, None)
             if batch is None or self._device is None:
                 return None
@@ -127,7 +124,7 @@ def entropy_calibrator(
             return [self._device] * len(names)
 
         @_records_errors
-        def read_calibration_cache(self) -> bytes | None:
+        def read_calibration_cache(self) -> Optional[bytes]:
             """The existing cache if it was made for this TensorRT; else None, and TensorRT calibrates."""
             if not self.cache_path.is_file():
                 return None
@@ -150,7 +147,7 @@ def entropy_calibrator(
     return EntropyCalibrator()
 
 
-def cache_only_calibrator(trt: Any | None, cache_bytes: bytes, batch_size: int = 1) -> Any:
+def cache_only_calibrator(trt: Optional[Any], cache_bytes: bytes, batch_size: int = 1) -> Any:
     """Calibrator that only serves `cache_bytes` (a TensorRT cache text, e.g. from `meanloc calibrate`)."""
     trt = trt or import_tensorrt()
     parsed = parse_calibration_cache(cache_bytes, "calibration cache")
@@ -160,14 +157,14 @@ def cache_only_calibrator(trt: Any | None, cache_bytes: bytes, batch_size: int =
     class CacheOnlyCalibrator(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             base.__init__(self)
-            self.callback_error: BaseException | None = None
+            self.callback_error = None  # type: Optional[BaseException]
 
         @_records_errors
         def get_batch_size(self) -> int:
             return batch_size
 
         @_records_errors
-        def get_batch(self, names: list[str]) -> None:
+        def get_batch(self, names: List[str]) -> None:
             # Only reached if TensorRT rejected the cache: fail rather than calibrate on nothing.
             raise MeanlocError(
                 "TensorRT did not accept the calibration cache and asked for calibration data "
