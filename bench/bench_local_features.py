@@ -62,8 +62,8 @@ class RandomEmbedder(EmbeddingBackend):
         self.identity = identity
         self.rng = np.random.RandomState(0)
 
-    def embed_images(self, images_bgr):
-        return l2_normalise(self.rng.randn(len(images_bgr), self.identity.embed_dim).astype(np.float32))
+    def _embed_chunk(self, batch):
+        return l2_normalise(self.rng.randn(len(batch), self.identity.embed_dim).astype(np.float32))
 
 
 class JpegFlight(FrameSource):

@@ -15,9 +15,9 @@ gallery conventions of §3.4 can be reported. Satellite tiles come from the sate
 drone views from the drone source (a second date when there is one: cross-source, §5.6).
 
 The tree is written into `<out>.partial` and renamed to `<out>` only when complete, so an
-interrupted run never looks finished. Rendering runs in worker processes (fork, so the
-orthophotos are shared, not copied); every random draw is seeded per location and view, so
-the output does not depend on the number of workers.
+interrupted run never looks finished. Rendering runs in worker processes started afresh
+(forkserver), each sent the orthophotos once; every random draw is seeded per location and
+view, so the output does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -234,8 +234,13 @@ def _intersection(a: tuple[float, float, float, float], b: tuple[float, float, f
 
 
 # -- worker side ------------------------------------------------------------------------------
-# Set in the parent before the pool forks, so children share the rasters copy-on-write.
+# The job a worker renders for: set in the parent, and sent to each worker once by `_start_worker`.
 _JOB: dict = {}
+
+
+def _start_worker(job: dict) -> None:
+    _JOB.update(job)
+    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
 
 
 def _encode(image: np.ndarray, quality: int) -> bytes:
@@ -346,19 +351,18 @@ def _tile_sidecar(ortho: Orthophoto, loc: Location, config: SynthConfig, valid: 
 
 # -- parent side ------------------------------------------------------------------------------
 def _iterate(locations: list[Location], workers: int) -> Iterator[dict]:
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1:
         for loc in locations:
             yield _render_location(loc)
         return
-    # One process per core: OpenCV's own threads would oversubscribe. Set before forking (a
-    # forked child must not reconfigure the thread pool it inherited).
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap_unordered(_render_location, locations, chunksize=4)
-    finally:
-        cv2.setNumThreads(threads)
+    # Not fork: a parent that has run threads (OpenMP in torch or FAISS, OpenCV's pool, PROJ's
+    # database) can fork a child that inherits one of their locks held, and that child waits
+    # forever; a full test run hung that way now and then. Fresh workers cost ~1 s and one copy
+    # of the orthophotos each (pickled arrays: ~150 MB for the demo world, 0.1 s).
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(dict(_JOB),)) as pool:
+        yield from pool.imap_unordered(_render_location, locations, chunksize=4)
 
 
 def _locations_csv(ortho: Orthophoto, locations: list[Location], results: dict, side_m: float) -> str:
@@ -453,7 +457,7 @@ def write_dataset(out: str | Path, config: SynthConfig, sources: Sources, plan: 
     reach, margin, buffer = geometry(config)
     intr = config.intrinsics()
     pitch_cap = config.sampling.pitch_cap(intr)
-    sources.satellite.pyramid()  # build before forking so workers share it
+    sources.satellite.pyramid()  # built once, sent to the workers with the rasters
     sources.drone.pyramid()
     _JOB.update(config=config, sources=sources, root=partial, pitch_cap=pitch_cap)
     workers = config.workers or (os.cpu_count() or 1)
