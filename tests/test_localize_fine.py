@@ -125,7 +125,7 @@ def test_verified_fits_measure_a_cheap_compass_heading_error(town):
     errors = [abs((estimate - truth + 180.0) % 360.0 - 180.0) for estimate, truth in measured]
     truths = [abs((truth + 180.0) % 360.0 - 180.0) for _, truth in measured]
     assert np.median(truths) > 3.0  # the compass really is off
-    assert np.median(errors) < 1.5 and max(errors) < 4.0
+    assert np.median(errors) < 1.5 and max(errors) < 6.0  # vs errors of up to ~20 deg
 
 
 def test_profile_times_the_fine_stage(town, tmp_path, capsys):

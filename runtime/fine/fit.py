@@ -91,15 +91,16 @@ def _similarity_jacobian(src: np.ndarray) -> np.ndarray:
 
 
 def fit_homography(src: np.ndarray, dst: np.ndarray, centre: np.ndarray, threshold_m: float,
-                   floor_m: float) -> Optional[GeometricFit]:
-    """`src` north-up frame pixels, `dst` bank metres; the look-at point is where `centre` lands."""
+                   floor_m: float, max_iterations: int = 10000) -> Optional[GeometricFit]:
+    """`src` north-up frame pixels (or a rectified patch's metres), `dst` bank metres; the look-at
+    point is where `centre` lands."""
     cv2 = require_cv2()
     if len(src) < 8:
         return None
     offset = dst.mean(axis=0)
     target = dst - offset
     # 4-point samples at ~20 % inliers need ~4000 draws for 99.9 % confidence.
-    matrix, _ = cv2.findHomography(src.astype(np.float64), target, cv2.RANSAC, threshold_m, maxIters=10000,
+    matrix, _ = cv2.findHomography(src.astype(np.float64), target, cv2.RANSAC, threshold_m, maxIters=max_iterations,
                                    confidence=0.999)
     if matrix is None or abs(matrix[2, 2]) < 1e-12:
         return None

@@ -36,6 +36,8 @@ FINE_STAGES = ("detect", "match", "fit")
 DEFAULT_REACH_M = 400.0
 # A rectified patch's homography may change scale by at most this much across the patch.
 MAX_PERSPECTIVE = 0.3
+# A similarity with this many inliers is kept without trying a homography.
+SIMILARITY_ENOUGH = 40
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,10 @@ class FineStage:
         attitude the patch was rectified with (pitch, roll, height) leave a planar perspective
         that a similarity cannot absorb (a cheap IMU's 2 deg of pitch moves the far field metres)."""
         similarity = fit_similarity(src, dst, self.threshold_m, self.floor_m)
-        perspective = fit_homography(src, dst, np.zeros(2), self.threshold_m, self.floor_m)
+        if similarity is not None and similarity.n_inliers >= SIMILARITY_ENOUGH:
+            return similarity  # a well-rectified patch: nothing for a homography to add
+        # The matches already agree with the voted translation: a few hundred draws suffice.
+        perspective = fit_homography(src, dst, np.zeros(2), self.threshold_m, self.floor_m, max_iterations=1000)
         if perspective is None or perspective_spread(perspective.matrix, reach) > MAX_PERSPECTIVE:
             return similarity
         if similarity is None or perspective.n_inliers >= similarity.n_inliers + max(4, similarity.n_inliers // 4):
