@@ -16,8 +16,9 @@ from common import machine_description
 
 HERE = Path(__file__).resolve().parent
 
-# (script, full arguments, quick arguments)
+# (script, full arguments, quick arguments). Timing benches first, training-outcome ones last.
 BENCHMARKS = [
+    ("bench_local_features.py", [], ["--frames", "40", "--kinds", "sift,akaze"]),
     ("bench_int8_cpu.py", ["speed"], ["speed", "--rounds", "8"]),
     ("bench_roofline.py", [], ["--rounds", "5"]),
     ("bench_bank_search.py", [], ["--sizes", "10000,100000"]),
@@ -29,7 +30,6 @@ BENCHMARKS = [
     ("bench_train_throughput.py", [], []),
     ("bench_query_view.py", [], ["--minutes", "2"]),
     ("bench_photographic.py", [], ["--steps", "300", "--ssl-steps", "100"]),
-    ("bench_local_features.py", [], ["--frames", "40", "--kinds", "sift,akaze"]),
     # bench_fine_localization.py needs a finished `meanloc demo` folder: run it by hand (its docstring).
     # bench_sensor_noise.py needs trained pose-aware checkpoints: run it by hand (its docstring).
 ]

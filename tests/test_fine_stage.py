@@ -146,3 +146,31 @@ def test_rerank_puts_the_tiles_containing_the_verified_point_first():
     order = rerank((60.0, 10.0), tile_xy, sides, indices)
     assert list(indices[order[:2]]) == [2, 0]  # both contain (60, 10), in retrieval order
     assert sorted(order.tolist()) == list(range(5))
+
+
+@pytest.mark.parametrize("kind", ["sift", "orb"])
+def test_nearest_neighbours_are_opencvs_brute_force_ones(town, kind):
+    """The matcher's own L2 search (one matrix product, blocked) finds the neighbours and distances
+    OpenCV's exhaustive matcher finds, on real descriptors of the town."""
+    import cv2
+
+    from meanloc.runtime.features.extract import FeatureSpec, make_extractor
+    from meanloc.runtime.fine import matching
+
+    extractor = make_extractor(FeatureSpec(kind))
+    features = extractor.detect_and_describe(np.ascontiguousarray(town["drone"].image[:600, :600]))
+    query, bank = features.descriptors[:200], features.descriptors[200:]
+    assert len(query) == 200 and len(bank) > 500
+    norm = cv2.NORM_L2 if extractor.norm == "l2" else cv2.NORM_HAMMING
+    as_matched = (lambda d: d.astype(np.float32)) if extractor.norm == "l2" else (lambda d: d)
+    expected = cv2.BFMatcher(norm).knnMatch(as_matched(query), as_matched(bank), k=5)
+    original_block = matching.L2_BLOCK_ELEMENTS
+    matching.L2_BLOCK_ELEMENTS = 37 * len(bank)  # several blocks, the last one short
+    try:
+        nearest, distance = matching.nearest_neighbours(query, bank, extractor.norm, 5)
+    finally:
+        matching.L2_BLOCK_ELEMENTS = original_block
+    expected_distance = np.array([[m.distance for m in row] for row in expected])
+    np.testing.assert_allclose(distance, expected_distance, rtol=1e-4, atol=1e-2)
+    # Equal distances may come in either order: compare the neighbours as sets, row by row.
+    assert all(set(mine) == {m.trainIdx for m in row} for mine, row in zip(nearest, expected))

@@ -197,6 +197,9 @@ class OnnxRuntimeBackend(EmbeddingBackend):
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin for a while after each run and take the
+        # cores the loop's own CPU work (decode, rectification, the fine stage) needs next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_list = []  # type: List[Tuple[str, Dict[str, str]]]
         for short in self.providers:
             provider_options = {}  # type: Dict[str, str]
