@@ -40,7 +40,7 @@ from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
 from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
-from meanloc.runtime.features.extract import FEATURE_KINDS, FeatureSpec
+from meanloc.runtime.features.extract import DEFAULT_FEATURE_KIND, FEATURE_KINDS, FeatureSpec
 from meanloc.runtime.geo.orthophoto import Orthophoto
 from meanloc.runtime.images import decode_image
 from meanloc.runtime.localize.estimate import EstimatorConfig
@@ -158,6 +158,9 @@ def measure(args: argparse.Namespace, data: Path) -> int:
     print(f"\nMost accurate {f'within the {BUDGET:.0%} budget' if eligible else '(none fits the budget)'}: "
           f"{best} (within 25 m on its worse flight {scores[best][0]:.0%}, frames verified {scores[best][1]:.0%}, "
           f"adds {scores[best][2]:.0%} on the demo flight).")
+    if len(kinds) == len(FEATURE_KINDS):
+        agrees = "agrees" if best == DEFAULT_FEATURE_KIND else "DISAGREES: change DEFAULT_FEATURE_KIND"
+        print(f"The default of `meanloc bank build --local-features` is {DEFAULT_FEATURE_KIND}: it {agrees}.")
     return 0
 
 

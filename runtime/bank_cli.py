@@ -109,11 +109,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _local_feature_options(parser: argparse.ArgumentParser) -> None:
-    from .features.extract import FEATURE_KINDS
+    from .features.extract import DEFAULT_FEATURE_KIND, FEATURE_KINDS
 
     group = parser.add_argument_group("local-feature layer (georeferenced orthophoto features for the fine stage)")
-    group.add_argument("--local-features", choices=FEATURE_KINDS, default="sift",
-                       help="detector/descriptor (default sift: the most accurate in bench/bench_local_features.py)")
+    group.add_argument("--local-features", choices=FEATURE_KINDS, default=DEFAULT_FEATURE_KIND,
+                       help="detector/descriptor (default %(default)s: the most accurate within the fine stage's "
+                       "cost budget in bench/bench_local_features.py)")
     group.add_argument("--feature-gsd-m", type=float, default=None, metavar="M",
                        help="metres per pixel to extract at (default: the orthophoto's, but no finer than 0.8)")
     group.add_argument("--feature-cell-m", type=float, default=50.0, metavar="M",

@@ -29,6 +29,8 @@ from meanloc.errors import MeanlocError
 from ..geo.orthophoto import require_cv2
 
 FEATURE_KINDS = ("sift", "rootsift", "orb", "akaze")
+# The most accurate kind within the fine stage's cost budget in bench/bench_local_features.py.
+DEFAULT_FEATURE_KIND = "sift"
 NORM_L2 = "l2"
 NORM_HAMMING = "hamming"
 
@@ -37,7 +39,7 @@ NORM_HAMMING = "hamming"
 class FeatureSpec:
     """How features are extracted; recorded in the bank manifest so queries use the same."""
 
-    kind: str = "sift"
+    kind: str = DEFAULT_FEATURE_KIND
     # CLAHE clip limit (OpenCV's default is 40, far too strong for aerial texture) and tile side.
     clahe_clip: float = 2.0
     clahe_tile_px: int = 64
@@ -188,8 +190,8 @@ def strongest_per_cell(xy: np.ndarray, response: np.ndarray, cell: float, per_ce
 
 
 def descriptors_for_matching(descriptors: np.ndarray, norm: str) -> np.ndarray:
-    """What OpenCV's matcher takes: float32 for L2 (its uint8 L2 path is ~4x slower, measured),
-    uint8 for Hamming."""
+    """What the matchers take: float32 for the L2 matrix product (OpenCV's uint8 L2 path was ~4x
+    slower than its float32 one, measured), uint8 for OpenCV's Hamming matcher."""
     if norm == NORM_L2:
         return np.asarray(descriptors, dtype=np.float32)
     return np.ascontiguousarray(descriptors, dtype=np.uint8)
