@@ -87,15 +87,18 @@ def main() -> int:
         random_onnx(untrained_model, preset)
         satellite = work / "data" / "world" / "satellite.tif"
         tile_m = 200.0  # the demo's bank (meanloc/demo.py)
+        # The same kind of local features as the demo's bank.
+        kind = json.loads((work / "bank" / "manifest.json").read_text())["local_features"]["spec"]["kind"]
         if meanloc(["bank", "build", "--model", str(untrained_model), "--orthophoto", str(satellite), "--out",
-                    str(folder / "bank"), "--tile-m", f"{tile_m:g}", "--overlap", "0.75", "--no-progress"]) != 0:
+                    str(folder / "bank"), "--tile-m", f"{tile_m:g}", "--overlap", "0.75", "--local-features", kind,
+                    "--no-progress"]) != 0:
             raise SystemExit("the untrained bank failed")
         untrained = folder / "untrained.json"
         if meanloc(flight_argv(work, untrained_model, folder / "bank", untrained, options)) != 0:
             raise SystemExit("the untrained flight failed")
         rows.append(row(f"untrained {preset} (random weights)", json.loads(untrained.read_text())))
     setting = "cross-source (flight from the second date)" if cross_source else "single date"
-    print(f"Fine localization on the demo's flight ({setting}, {options.flight_frames} frames, "
+    print(f"Fine localization on the demo's flight ({setting}, {kind} features, {options.flight_frames} frames, "
           f"{options.flight_altitude_m:g} m, {options.flight_pitch_deg:g} deg pitch, window 400 m); "
           f"{machine_description()}\n")
     print("| model | frames | geometric fixes | filtered median m | filtered p90 m | within 25 m (all frames) | "

@@ -113,8 +113,8 @@ def _local_feature_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("local-feature layer (georeferenced orthophoto features for the fine stage)")
     group.add_argument("--local-features", choices=FEATURE_KINDS, default=DEFAULT_FEATURE_KIND,
-                       help="detector/descriptor (default %(default)s: the most accurate within the fine stage's "
-                       "cost budget in bench/bench_local_features.py)")
+                       help="detector/descriptor (default %(default)s; bench/RESULTS.md compares them: accuracy "
+                       "across dates and cost per frame)")
     group.add_argument("--feature-gsd-m", type=float, default=None, metavar="M",
                        help="metres per pixel to extract at (default: the orthophoto's, but no finer than 0.8)")
     group.add_argument("--feature-cell-m", type=float, default=50.0, metavar="M",

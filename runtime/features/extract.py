@@ -29,7 +29,7 @@ from meanloc.errors import MeanlocError
 from ..geo.orthophoto import require_cv2
 
 FEATURE_KINDS = ("sift", "rootsift", "orb", "akaze")
-# The most accurate kind within the fine stage's cost budget in bench/bench_local_features.py.
+# Chosen by measurement, within the fine stage's cost budget: bench/RESULTS.md, "Which local features".
 DEFAULT_FEATURE_KIND = "sift"
 NORM_L2 = "l2"
 NORM_HAMMING = "hamming"
