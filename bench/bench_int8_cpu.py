@@ -7,7 +7,7 @@ model on ORT and PyTorch eager run batch 1 with N threads, interleaved in one pr
 inference of each per round, after warm-up; the order rotates every round, so no model always
 runs right after PyTorch, whose OpenMP threads keep spinning for a while after it returns), so
 machine load hits all alike. Every ORT session gets the same options (those of the runtime's
-ONNX Runtime backend unless `--no-spinning`). Prints a Markdown table of median / p90 latency
+ONNX Runtime backend, idle threads not spinning, unless `--spinning`). Prints a Markdown table of median / p90 latency
 and of CPU time per inference as ratios to ORT FP32. Target: INT8 CPU median <= 0.6x FP32.
 `--candidates` adds the CPU recipes that were not chosen, so the choice can be re-measured.
 
@@ -15,8 +15,9 @@ Interleaving runs several sessions in one process, which a deployment never does
 returns, ORT's intra-op threads (and PyTorch's OpenMP threads) keep spinning for a while, and on
 2 cores a model timed right after another one shares a core with them. That penalty is about the
 same number of milliseconds for every model, so it pushes every ratio towards 1 (INT8 read 0.69x
-FP32 with ORT's default spinning; spinning off, or a 100 ms pause, gave 0.56-0.57x). Each timed
-inference therefore follows an untimed pause (`--gap-ms`, default 200) in which those threads park.
+FP32 with ORT's default spinning; spinning off, or a 100 ms pause, gave 0.56-0.57x). The runtime
+turns spinning off, and each timed inference also follows an untimed pause (`--gap-ms`, default
+200) in which PyTorch's threads park.
 
 Run it on an otherwise idle machine. Under CPU contention the wall-clock ratios mean little: next
 to a training job, FP32 took 2.6 s (bench/RESULTS.md, 2026-11-25) instead of ~0.2 s on the idle
@@ -29,7 +30,7 @@ report on the val split. Gates: INT8 CPU drone->satellite R@1 drop <= 1.0 point,
 Q/DQ mean cosine >= 0.98. Exit code 1 if a gate fails.
 
 Usage:
-  python bench/bench_int8_cpu.py speed [--preset mean-paper] [--threads 2] [--rounds 20] [--gap-ms 200] [--candidates] [--no-spinning]
+  python bench/bench_int8_cpu.py speed [--preset mean-paper] [--threads 2] [--rounds 20] [--gap-ms 200] [--candidates] [--spinning]
   python bench/bench_int8_cpu.py accuracy (--onnx FP32.onnx | --checkpoint CKPT) --data ROOT [--calib-dir DIR]
 """
 
@@ -124,14 +125,14 @@ def speed(args: argparse.Namespace) -> int:
                 models[f"ORT INT8 {candidate} (candidate)"] = quantize_for_cpu(
                     fp32.path, work / f"{candidate}.onnx", fp32.identity, ranges, recipe=candidate
                 )
-        runners = {name: _ort_runner(path, args.threads, not args.no_spinning) for name, path in models.items()}
+        runners = {name: _ort_runner(path, args.threads, args.spinning) for name, path in models.items()}
         runners["PyTorch eager FP32"] = _torch_runner(model.embedder().eval(), args.threads)
         batch = next(calib_set.batches())[:1]
         load_before = _load()
         wall, cpu = _interleaved(runners, batch, args.rounds, args.warmup, args.gap_ms / 1000)
         load_after = _load()
 
-    spinning = "off" if args.no_spinning else "on (ORT default, as the runtime uses)"
+    spinning = "on (ORT's default)" if args.spinning else "off (as the runtime's backend)"
     print(
         f"\nINT8 CPU latency, {args.preset} {config.img_size} px, batch 1, {args.threads} threads, "
         f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.gap_ms:g} ms pause before each, "
@@ -215,9 +216,9 @@ def main() -> int:
         help="untimed pause before each timed inference, so the previous model's spinning threads park",
     )
     fast.add_argument(
-        "--no-spinning",
+        "--spinning",
         action="store_true",
-        help="every ORT session with session.intra_op.allow_spinning=0 (helps under CPU contention)",
+        help="ORT's default: idle intra-op threads spin (the runtime's backend turns that off)",
     )
     fast.set_defaults(run=speed)
     acc = sub.add_parser(

@@ -31,13 +31,11 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-from common import machine_description, random_onnx
+from common import machine_description, random_embedder, random_onnx
 
 from meanloc.cli import main as meanloc
 from meanloc.demo import held_out_area
 from meanloc.runtime.backends import open_backend
-from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_orthophoto
 from meanloc.runtime.bank.feature_build import LayerParams, build_feature_layer
@@ -51,20 +49,6 @@ from meanloc.runtime.localize.synthetic import SyntheticFlightOptions, Synthetic
 from meanloc.runtime.localize.window import WindowConfig
 
 BUDGET = 0.30  # the fine stage may add this share to the per-frame time
-
-
-class RandomEmbedder(EmbeddingBackend):
-    """Random unit vectors under the model's identity: a bank without thousands of network passes
-    (its retrieval is at chance either way)."""
-
-    name = "random"
-
-    def __init__(self, identity) -> None:
-        self.identity = identity
-        self.rng = np.random.RandomState(0)
-
-    def _embed_chunk(self, batch):
-        return l2_normalise(self.rng.randn(len(batch), self.identity.embed_dim).astype(np.float32))
 
 
 class JpegFlight(FrameSource):
@@ -121,7 +105,7 @@ def measure(args: argparse.Namespace, data: Path) -> int:
         random_onnx(model, "mean-paper")
         with open_backend(str(model), backend="onnxruntime", providers=["cpu"], threads=args.threads) as backend:
             base = Path(tmp) / "bank"
-            build_bank_from_orthophoto(satellite, RandomEmbedder(backend.identity), base, tile_m=200.0, overlap=0.75,
+            build_bank_from_orthophoto(satellite, random_embedder(backend.identity), base, tile_m=200.0, overlap=0.75,
                                        progress=False)
             for kind in args.kinds.split(","):
                 bank_dir = Path(tmp) / kind

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import machine_description, random_onnx
+from common import machine_description, random_embedder, random_onnx
 
 from meanloc.runtime.backends import open_backend
-from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
 from meanloc.runtime.bank.bank import SatelliteBank
 from meanloc.runtime.bank.build import build_bank_from_tiles
 from meanloc.runtime.bank.frame import LocalFrame
@@ -40,21 +39,6 @@ GRID = 100  # 100 x 100 = 10,000 tiles
 TILE_M = 200.0
 STRIDE_M = 100.0
 LAT0, LON0 = 47.0, 8.0
-
-
-class RandomEmbedder(EmbeddingBackend):
-    """Random unit vectors under the model's identity: a 10k bank without 10k network passes
-    (retrieval quality does not matter for timing, only the bank's size and dimension)."""
-
-    name = "random"
-
-    def __init__(self, identity) -> None:
-        self.identity = identity
-        self.rng = np.random.RandomState(0)
-
-    def embed_images(self, images_bgr):
-        vectors = self.rng.randn(len(images_bgr), self.identity.embed_dim).astype(np.float32)
-        return l2_normalise(vectors)
 
 
 def write_random_bank(folder: Path, identity) -> None:
@@ -75,7 +59,7 @@ def write_random_bank(folder: Path, identity) -> None:
             for col in range(GRID):
                 corners = [v for k in range(1, 5) for v in (lat[k, col], lon[k, col])]
                 writer.writerow([f"r{row}c{col}", "tile.png", lat[0, col], lon[0, col], *corners])
-    build_bank_from_tiles(tiles, tiles / "tiles.csv", RandomEmbedder(identity), folder / "bank", progress=False)
+    build_bank_from_tiles(tiles, tiles / "tiles.csv", random_embedder(identity), folder / "bank", progress=False)
 
 
 def write_test_video(path: Path, frames: int) -> None:

@@ -68,3 +68,24 @@ def load_average() -> str:
     """'1.4 (1 min) / 0.9 (5 min) on 2 CPUs': printed beside timings taken on a shared machine."""
     one, five, _ = os.getloadavg()
     return f"{one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def random_embedder(identity):
+    """A backend that returns random unit vectors under a model's identity: a bank without
+    thousands of network passes, for benches where retrieval quality does not matter (it is at
+    chance), only the bank's size and dimension."""
+    import numpy as np
+
+    from meanloc.runtime.backends.base import EmbeddingBackend, l2_normalise
+
+    class RandomEmbedder(EmbeddingBackend):
+        name = "random"
+
+        def __init__(self) -> None:
+            self.identity = identity
+            self.rng = np.random.RandomState(0)
+
+        def _embed_chunk(self, batch):
+            return l2_normalise(self.rng.randn(len(batch), self.identity.embed_dim).astype(np.float32))
+
+    return RandomEmbedder()

@@ -52,8 +52,11 @@ def main() -> int:
         started = time.monotonic()
         result = subprocess.run(argv, capture_output=True, text=True)
         elapsed = time.monotonic() - started
-        body = result.stdout.strip() if result.returncode in (0, 1) else f"FAILED (exit {result.returncode}):\n\n```\n{result.stderr[-2000:]}\n```"
-        failures += result.returncode not in (0, 1)  # 1 = ran, but a target was missed (reported in the table)
+        # Exit 1 with a table = ran, but a target was missed (the table says which); exit 1 without
+        # one is Python's exit code for an uncaught exception.
+        ran = result.returncode == 0 or (result.returncode == 1 and result.stdout.strip())
+        body = result.stdout.strip() if ran else f"FAILED (exit {result.returncode}):\n\n```\n{result.stderr[-2000:]}\n```"
+        failures += not ran
         sections.append(f"## `{command}` ({elapsed:.0f} s)\n\n{body}\n")
     atomic_write_text(args.out, "\n".join(sections))
     print(f"wrote {args.out}", file=sys.stderr)
