@@ -168,6 +168,11 @@ def bench_preset(preset: str, args: argparse.Namespace, work: Path) -> list[tupl
     return rows
 
 
+def bank_files(folder: Path) -> dict:
+    """Every file of a bank (its feature layer's folder included), by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def distributed(onnx: Path, geotiff: Path, work: Path, args, preset: str, size: int) -> list[tuple]:
     """`meanloc bank build` as 1 process vs torchrun with 2; wall time with start-up, same bytes?"""
     env = dict(os.environ, SOURCE_DATE_EPOCH="1767225600")
@@ -182,8 +187,7 @@ def distributed(onnx: Path, geotiff: Path, work: Path, args, preset: str, size: 
         started = time.perf_counter()
         subprocess.run(argv, check=True, env=env, capture_output=True)
         times[label] = time.perf_counter() - started
-    identical = all((folders["1 process"] / p.name).read_bytes() == p.read_bytes()
-                    for p in folders["torchrun, 2 processes"].iterdir())
+    identical = bank_files(folders["1 process"]) == bank_files(folders["torchrun, 2 processes"])
     count = len(np.load(str(folders["1 process"] / "embeddings.npy"), mmap_mode="r"))
     return [(preset, size, f"`meanloc bank build`, {label} ({count} tiles, shards of {args.batch}"
              + (f"; bank byte-identical: {'yes' if identical else 'NO'})" if "torchrun" in label else ")"),

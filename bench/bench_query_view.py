@@ -1,10 +1,10 @@
 """Recall on the pinned synthetic benchmark for a fixed CPU training budget: pose-aware queries vs
 frames as captured (issue 3: "R@1 >= 50 % after at most 10 minutes on 2 CPU cores").
 
-Both models train with the same recipe, seed and wall-clock budget on the same dataset, one after
-the other, through the real `meanloc train` / `meanloc eval` commands; only `--no-pose-aware-queries`
-differs. Run it on an otherwise idle machine: the budget is wall-clock, so a loaded CPU trains fewer
-steps (the table reports the steps each run managed).
+Both models train with the same recipe (its step budget, stopped early only if it would take more
+than `--minutes`), seed and dataset, one after the other, through the real `meanloc train` /
+`meanloc eval` commands; only `--no-pose-aware-queries` differs. The table reports the steps each
+run made: on a loaded machine the time limit may cut a run short.
 
     python bench/bench_query_view.py [--data DATASET] [--minutes 10] [--work DIR]
 
@@ -58,7 +58,7 @@ def main() -> int:
                for i, (label, extra) in enumerate(SETTINGS)]
     queries = results[0][1]["junk"]["queries"]
     gallery = results[0][1]["full"]["gallery_ranked"]
-    print(f"Drone->satellite retrieval after {args.minutes:g} min of training (mean-small, 64 px, seed 0) on "
+    print(f"Drone->satellite retrieval after the recipe's training, at most {args.minutes:g} min (mean-small, 64 px, seed 0) on "
           f"{data}: {queries} queries of the held-out test split, gallery {gallery} tiles with distractors "
           f"(chance {100.0 / gallery:.1f} %); {machine_description()}\n")
     print("| query view | steps | R@1 junked | R@5 junked | AP junked | R@1 full | AP full |")

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 # (script, full arguments, quick arguments). Timing benches first, training-outcome ones last.
 BENCHMARKS = [
     ("bench_local_features.py", [], ["--frames", "40", "--kinds", "sift,akaze"]),
+    ("bench_ort_spinning.py", [], ["--frames", "10", "--rounds", "2"]),
     ("bench_int8_cpu.py", ["speed"], ["speed", "--rounds", "8"]),
     ("bench_roofline.py", [], ["--rounds", "5"]),
     ("bench_bank_search.py", [], ["--sizes", "10000,100000"]),
