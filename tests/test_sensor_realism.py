@@ -152,3 +152,19 @@ def _corrected(terrain, frame):
         description, live, stats = "test", False, None
 
     return DemHeightSource(Source(), terrain).correct(frame).altitude_m
+
+
+def test_a_dem_and_an_orthophoto_in_one_custom_crs_name_it_alike(tmp_path):
+    """A CRS without an EPSG code (here a local transverse Mercator) must compare equal between
+    the DEM and the orthophoto read from it, or `--dem` would refuse a matching pair."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    crs = "+proj=tmerc +lat_0=47.3 +lon_0=8.61 +k=1 +x_0=600000 +y_0=200000 +ellps=bessel +units=m +no_defs"
+    transform = from_origin(600000.0, 201000.0, 2.0, 2.0)
+    for name, count, dtype in (("ortho.tif", 3, "uint8"), ("dem.tif", 1, "float32")):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", height=64, width=64, count=count, dtype=dtype,
+                           crs=crs, transform=transform) as dst:
+            dst.write(np.full((count, 64, 64), 100, dtype=dtype))
+    ortho = Orthophoto.from_geotiff(tmp_path / "ortho.tif")
+    assert Terrain.from_geotiff(tmp_path / "dem.tif").crs == ortho.crs

@@ -42,6 +42,12 @@ def require_cv2() -> Any:
     return require_module("cv2", "runtime")
 
 
+def crs_text(crs: Any) -> str:
+    """How a rasterio CRS is named throughout meanloc (so two rasters' CRSs compare as strings)."""
+    epsg = crs.to_epsg()
+    return "EPSG:{}".format(epsg) if epsg else crs.to_wkt()
+
+
 def utm_epsg_for(lon: float, lat: float) -> int:
     """EPSG code of the WGS84 UTM zone containing (lon, lat): 326xx north, 327xx south."""
     zone = math.floor((lon + 180.0) / 6.0) + 1
@@ -310,9 +316,7 @@ class Orthophoto:
             return cls._from_corners(image, mask, list(zip(lat, lon)), str(path), digest)
         if not crs.is_projected:
             raise MeanlocError("{} has a CRS that is neither geographic nor projected: {}".format(path, crs))
-        epsg = crs.to_epsg()
-        crs_text = "EPSG:{}".format(epsg) if epsg else crs.to_wkt()
-        return cls(image, transform, crs_text, mask, source=str(path), source_sha256=digest)
+        return cls(image, transform, crs_text(crs), mask, source=str(path), source_sha256=digest)
 
     @classmethod
     def from_image_and_corners(cls, path: Any, corners_latlon: Sequence[Sequence[float]]) -> "Orthophoto":

@@ -17,7 +17,7 @@ import numpy as np
 
 from meanloc.errors import MeanlocError
 
-from .orthophoto import require_module
+from .orthophoto import crs_text, require_module
 
 
 class Terrain:
@@ -73,7 +73,7 @@ class Terrain:
             raise MeanlocError("DEM {} is in geographic degrees ({}); reproject it to the orthophoto's metric CRS "
                                "(e.g. gdalwarp -t_srs EPSG:326xx)".format(path, crs.to_string()))
         transform = np.array([[t.a, t.b, t.c], [t.d, t.e, t.f], [0.0, 0.0, 1.0]])
-        return cls(heights, transform, crs.to_string(), str(path))
+        return cls(heights, transform, crs_text(crs), str(path))
 
     def save_geotiff(self, path: Any) -> None:
         rasterio = require_module("rasterio", "geo")
